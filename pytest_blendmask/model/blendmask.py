@@ -1,0 +1,156 @@
+"""The BlendMask meta-architecture: raw network, host-side post-processing, and both together."""
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import devices
+from .basis import BasisModule
+from .blender import blend
+from .configs import ModelConfig, get_config
+from .decode import decode
+from .fcos import FCOS
+from .fpn import FPN
+from .postprocess import detector_postprocess
+
+RAW_KINDS = ("logits", "bbox_reg", "ctrness", "top_feats")
+
+
+class BlendMask(nn.Module):
+    """BlendMask with the released checkpoint's module names.
+
+    ``forward_raw`` is the part that runs on the device and is exported to ONNX;
+    ``postprocess`` (decode, NMS, blender, mask paste) always runs on the host tensors it is
+    given; ``forward`` is both.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = FPN(cfg)
+        self.proposal_generator = FCOS(cfg)
+        self.top_layer = nn.Conv2d(cfg.fpn_channels, cfg.attn_channels, 3, padding=1)
+        nn.init.normal_(self.top_layer.weight, std=0.01)
+        nn.init.zeros_(self.top_layer.bias)
+        self.basis_module = BasisModule(cfg)
+
+    def preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Normalise BGR uint8 images and zero-pad them bottom/right into one batch.
+
+        Args:
+            images (list[Tensor[3, H_i, W_i]]): BGR, uint8 (or float in 0..255).
+
+        Returns:
+            tuple: batch Tensor[N, 3, Hp, Wp] (Hp, Wp multiples of 32) and the unpadded (h, w) of each image.
+        """
+        mean = torch.tensor(self.cfg.pixel_mean).view(3, 1, 1)
+        std = torch.tensor(self.cfg.pixel_std).view(3, 1, 1)
+        div = self.cfg.size_divisibility
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        hp = math.ceil(max(h for h, _ in sizes) / div) * div
+        wp = math.ceil(max(w for _, w in sizes) / div) * div
+        batch = torch.stack(
+            [F.pad((im.float() - mean.to(im.device)) / std.to(im.device), (0, wp - w, 0, hp - h)) for im, (h, w) in zip(images, sizes)]
+        )
+        return batch, sizes
+
+    def _head(self, feat: Tensor, level_index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits, bbox_reg, ctrness, box_feat = self.proposal_generator.fcos_head(feat, level_index)
+        return logits, bbox_reg, ctrness, self.top_layer(box_feat)
+
+    def _raw_dict(self, bases: Tensor, per_level: list[tuple[Tensor, ...]]) -> dict[str, Tensor]:
+        # Output order of AdelaiDet's ONNX export: bases, then each kind over all levels.
+        raw = {"bases": bases}
+        for k, kind in enumerate(RAW_KINDS):
+            for level, outs in zip(self.cfg.fpn_levels, per_level):
+                raw[f"{kind}_p{level}"] = outs[k]
+        return raw
+
+    def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
+        """The device part: what ONNX exports and the dump collector sees.
+
+        Args:
+            images (Tensor[N, 3, H, W]): normalised, padded batch from ``preprocess``.
+
+        Returns:
+            dict[str, Tensor]: ``bases`` [N, K, H/4, W/4] and, per level l in P3..P7,
+            ``logits_pl`` [N, C, h, w], ``bbox_reg_pl`` [N, 4, h, w], ``ctrness_pl`` [N, 1, h, w],
+            ``top_feats_pl`` [N, K*A*A, h, w].
+        """
+        feats = self.backbone(images)
+        bases = self.basis_module(feats[:3])
+        return self._raw_dict(bases, [self._head(f, i) for i, f in enumerate(feats)])
+
+    def forward_with_streams(self, images: Tensor) -> dict[str, Tensor]:
+        """``forward_raw`` with each FPN level's head queued on its own stream (cuda or npu)."""
+        device = images.device
+        feats = self.backbone(images)
+        bases = self.basis_module(feats[:3])
+        main = devices.current_stream(device)
+        streams = [devices.new_stream(device) for _ in feats]
+        per_level = []
+        for i, (feat, stream) in enumerate(zip(feats, streams)):
+            stream.wait_stream(main)
+            with devices.on_stream(stream, device):
+                per_level.append(self._head(feat, i))
+        for stream in streams:
+            main.wait_stream(stream)
+        for outs in per_level:
+            for t in outs:
+                # Tell the caching allocator these blocks are now used on the main stream.
+                t.record_stream(main)
+        return self._raw_dict(bases, per_level)
+
+    @torch.no_grad()
+    def postprocess(
+        self, raw: dict[str, Tensor], image_sizes: list[tuple[int, int]], output_sizes: list[tuple[int, int]] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Decode, NMS, blend and paste: one dict per image.
+
+        Args:
+            raw: output of ``forward_raw`` (any dtype; decoded in float32).
+            image_sizes: unpadded (h, w) of each network input.
+            output_sizes: (H, W) to report results in; defaults to ``image_sizes``.
+
+        Returns:
+            list[dict]: ``boxes`` [M, 4] xyxy, ``scores`` [M], ``classes`` [M] int64,
+            ``masks`` bool [M, H, W], in descending score order.
+        """
+        cfg = self.cfg
+        output_sizes = output_sizes or image_sizes
+        bases = raw["bases"].float()
+        results = []
+        for i, props in enumerate(decode(raw, cfg)):
+            rois = torch.cat((props.boxes.new_zeros((len(props.boxes), 1)), props.boxes), dim=1)
+            mask_logits = blend(bases[i : i + 1], rois, props.attns, cfg.bottom_resolution, cfg.pooler_scale)
+            results.append(
+                detector_postprocess(
+                    props.boxes, props.scores, props.classes, mask_logits.sigmoid(), image_sizes[i], output_sizes[i]
+                )
+            )
+        return results
+
+    def forward(
+        self, images: Tensor, image_sizes: list[tuple[int, int]], output_sizes: list[tuple[int, int]] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """``postprocess(forward_raw(images))``."""
+        return self.postprocess(self.forward_raw(images), image_sizes, output_sizes)
+
+
+def build_model(name: str = "lite", norm: str | None = None, seed: int = 0) -> nn.Module:
+    """A model in eval mode: a named config with deterministic init, or a user's ``module:factory``.
+
+    The seed is applied in a forked RNG so building a model never moves the caller's
+    random state.
+    """
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return factory().eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BlendMask(get_config(name, norm)).eval()

@@ -1,0 +1,67 @@
+"""Building blocks shared by the backbone, the basis module and the head: norms and conv+norm."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Inference-only batch norm whose statistics and affine parameters are buffers.
+
+    Same state as the released checkpoints (weight, bias, running_mean, running_var; no
+    num_batches_tracked). It runs through ``F.batch_norm`` so that an ONNX export carries a
+    BatchNormalization node that graph optimisers can fold into the preceding conv.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def make_norm(kind: str, channels: int, gn_groups: int) -> nn.Module:
+    """A norm layer by name: ``frozen_bn``, ``bn`` or ``gn``."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(min(gn_groups, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; expected frozen_bn, bn or gn")
+
+
+class Conv2dNorm(nn.Conv2d):
+    """A conv followed by its norm, stored as the child ``norm`` (detectron2's key layout)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: nn.Module, **kwargs) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias=False, **kwargs)
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(super().forward(x))
+
+
+def conv_block(in_channels: int, out_channels: int, norm: str, gn_groups: int) -> nn.Sequential:
+    """3x3 conv (no bias), norm, ReLU: keys ``.0.weight`` and ``.1.*`` as in AdelaiDet's basis module."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        make_norm(norm, out_channels, gn_groups),
+        nn.ReLU(inplace=True),
+    )
+
+
+def resize_to(x: Tensor, size: tuple[int, int] | torch.Size, mode: str) -> Tensor:
+    """Resize to an explicit size: scale-factor resizes break some converters (spec section 10)."""
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)

@@ -1,0 +1,1 @@
+"""Precision family: dumps, metrics, thresholds, detection matching, accuracy."""
