@@ -71,6 +71,9 @@ def check_compatible(model: nn.Module, state: Mapping[str, Tensor], source: str)
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a weight file into ``model`` strictly, after the official-checkpoint renames."""
     state = adapt_official_keys(read_state_dict(path))
+    expected = model.state_dict()
+    # A BN-trained file loads into a FrozenBN model: the step counter is the only extra state.
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith("num_batches_tracked")}
     check_compatible(model, state, str(path))
     model.load_state_dict(state, strict=True)
     return model
