@@ -1,0 +1,69 @@
+"""pytest hooks of pytest-blendmask: options, markers, target parametrization, report header.
+
+The hooks only switch: parsing lives in ``settings``, targets in ``targets``, fixtures in
+``fixtures`` (a second ``pytest11`` entry point). torch is never imported at module level.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pytest_blendmask.fixtures import chosen_targets, settings_key
+from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings
+from pytest_blendmask.targets import TargetSpec, availability, describe_targets
+
+MARKERS = {
+    "precision": "compares a target with the reference (tensors, detections, COCO AP)",
+    "perf": "times a target with pytest-benchmark (latency, throughput, memory)",
+    "atc": "ONNX export, offline compilation (atc or ONNX Runtime) and compiled-model parity",
+    "npu": "needs an Ascend NPU (torch_npu); skipped with the probe's reason where there is none",
+    "cuda": "needs a CUDA GPU; skipped with the reason where there is none",
+    "slow": "takes more than a few seconds on a 2-core CPU",
+}
+
+# The device a marker asks for, checked before the test runs.
+_MARKER_TARGETS = {"npu": TargetSpec("eager", "npu:0"), "cuda": TargetSpec("eager", "cuda:0")}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("blendmask", "BlendMask acceptance (pytest-blendmask)")
+    for option in OPTIONS:
+        parser.addini(
+            option.ini,
+            f"Default for {option.flag}.",
+            type="linelist" if option.repeat else "string",
+            default=None,
+        )
+        group.addoption(
+            option.flag,
+            action="append" if option.repeat else "store",
+            dest=option.field,
+            default=None,  # None means "not given": the ini value or the Settings default applies
+            metavar=option.metavar,
+            help=option_help(option),
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    config.stash[settings_key] = resolve_settings(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash[settings_key]
+    lines = describe_settings(settings) + describe_targets(chosen_targets(config), auto=not settings.targets)
+    return [f"blendmask {line}" for line in lines]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dut_target" in metafunc.fixturenames:
+        targets = chosen_targets(metafunc.config)
+        metafunc.parametrize("dut_target", targets, ids=[t.id for t in targets], indirect=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, target in _MARKER_TARGETS.items():
+        if item.get_closest_marker(marker) is not None:
+            reason = availability(target)
+            if reason is not None:
+                pytest.skip(reason)
