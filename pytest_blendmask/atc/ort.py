@@ -1,0 +1,297 @@
+"""ONNX Runtime as the offline compiler, so that the atc gate runs on every machine.
+
+Graph optimisation (level ``all``, with the optimised model saved so the Conv+BN folding can be
+verified), fp16 conversion, int8 static post-training quantisation calibrated on synthetic
+images, and ``OrtRunner``: a callable batch -> raw tensors named like ``forward_raw``, which is
+what the precision family compares.
+
+Providers are taken from ``onnxruntime.get_available_providers()``, never
+``get_all_providers()`` (which lists CANN on a CPU-only build, anchors.md section 7), and a
+session whose requested provider is missing from ``session.get_providers()`` is reported as
+a silent CPU fallback.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
+from torch import Tensor, nn
+
+from ..data import TRAIN_SEED, generate_sample
+from ..targets import ORT_PROVIDER_PACKAGES
+from .export import INPUT_NAME, ExportedModel, load_checked, run_in_batches
+
+CPU_PROVIDER = "CPUExecutionProvider"
+ORT_PRECISIONS = ("fp32", "fp16", "int8")
+OPTIMIZATION_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+DEFAULT_CALIBRATION_IMAGES = 8
+PER_CHANNEL_MIN_OPSET = 13  # DequantizeLinear gained its per-channel axis in opset 13
+INT8_RECIPE = "qdq-conv-minmax"  # in the cached file's name: change it when quantize_int8 changes
+
+
+class OrtProviderError(RuntimeError):
+    """A requested execution provider this onnxruntime build cannot run; names the package to install."""
+
+
+def create_session(
+    path: Path,
+    provider: str = CPU_PROVIDER,
+    optimization: str = "all",
+    optimized_model_path: Path | None = None,
+    provider_options: Mapping[str, str] | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession on ``provider`` (CPU as the fallback for nodes it cannot take).
+
+    Args:
+        path: the ONNX file.
+        provider: an execution provider name, which must be in ``get_available_providers()``.
+        optimization: a key of ``OPTIMIZATION_LEVELS``.
+        optimized_model_path: where ONNX Runtime saves the graph after optimisation, if given.
+        provider_options: options of ``provider``, e.g. CANN's ``device_id`` and ``precision_mode``
+            (anchors.md section 7).
+
+    Raises:
+        OrtProviderError: the provider is not available in this onnxruntime build.
+    """
+    available = ort.get_available_providers()
+    if provider not in available:
+        package = ORT_PROVIDER_PACKAGES.get(provider, "onnxruntime")
+        raise OrtProviderError(f"{provider} not in onnxruntime.get_available_providers() {available}; install {package} instead of onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    requested = (provider, dict(provider_options or {}))
+    providers = [requested] if provider == CPU_PROVIDER else [requested, CPU_PROVIDER]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def cpu_fallback(session: ort.InferenceSession, provider: str) -> str | None:
+    """None if ``provider`` is active in ``session``, else the message that it silently fell back to the CPU."""
+    active = session.get_providers()
+    if provider in active:
+        return None
+    return f"{provider} was requested but the session runs on {active}: ONNX Runtime fell back to the CPU without an error"
+
+
+def _replace_atomically(write: Callable[[Path], None], out_path: Path) -> Path:
+    """Write through ``write`` to a temporary sibling, check it, then rename it to ``out_path``."""
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f"{out_path.stem}.{os.getpid()}.tmp.onnx")
+    try:
+        write(tmp)
+        load_checked(tmp)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def optimize_model(path: Path, out_path: Path, level: str = "all") -> Path:
+    """Save the graph ONNX Runtime's CPU provider runs after optimisation at ``level``.
+
+    ``all`` includes layout transforms (NCHWc) tied to this machine's CPU: the saved file is
+    for inspection (which nodes were fused) rather than for another machine. ``basic`` gives
+    a portable graph with constants folded and Conv+BatchNormalization fused.
+    """
+    return _replace_atomically(lambda tmp: create_session(path, CPU_PROVIDER, level, tmp), out_path)
+
+
+def nodes_of_type(model: onnx.ModelProto | Path, op_type: str) -> list[str]:
+    """Names (or first outputs) of the nodes of ``op_type``, e.g. BatchNormalization left unfused."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    return [node.name or node.output[0] for node in proto.graph.node if node.op_type == op_type]
+
+
+def convert_fp16(path: Path, out_path: Path) -> Path:
+    """An fp16 copy of the model with float32 inputs and outputs.
+
+    The graph is optimised at level ``basic`` first, so BatchNormalization is folded into the
+    convolutions in float32 (as ATC's ConvBatchnormFusionPass does before lowering precision)
+    rather than folded later from rounded fp16 statistics.
+    """
+    def write(tmp: Path) -> None:
+        basic = tmp.with_name(tmp.stem + ".basic.onnx")
+        try:
+            optimize_model(path, basic, "basic")
+            half = OnnxModel(convert_float_to_float16(onnx.load(str(basic)), keep_io_types=True))
+            # The converter appends the input casts at the end of the node list; onnx.checker
+            # (rightly) wants nodes in topological order.
+            half.topological_sort()
+            onnx.save(half.model, str(tmp))
+        finally:
+            basic.unlink(missing_ok=True)
+
+    return _replace_atomically(write, out_path)
+
+
+def calibration_batches(model: nn.Module, image_hw: tuple[int, int], count: int, seed: int = TRAIN_SEED) -> Iterator[np.ndarray]:
+    """``count`` synthetic BGR images of ``image_hw``, each preprocessed by ``model`` into a [1, 3, H, W] batch.
+
+    The training stream (``TRAIN_SEED``) by default: calibration must not see the evaluation images.
+    """
+    for index in range(count):
+        image = torch.from_numpy(generate_sample(seed, index, *image_hw).image).permute(2, 0, 1)
+        batch, _ = model.preprocess([image])
+        yield batch.numpy()
+
+
+class SyntheticCalibrationReader(CalibrationDataReader):
+    """onnxruntime's calibration reader over ``calibration_batches``."""
+
+    def __init__(self, model: nn.Module, image_hw: tuple[int, int], count: int = DEFAULT_CALIBRATION_IMAGES, seed: int = TRAIN_SEED, input_name: str = INPUT_NAME) -> None:
+        self._batches = calibration_batches(model, image_hw, count, seed)
+        self._input_name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._input_name: batch}
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def quantize_int8(path: Path, out_path: Path, reader: CalibrationDataReader) -> Path:
+    """Static int8 post-training quantisation of the convolutions: QDQ, per-channel int8 weights, uint8 activations.
+
+    ``quant_pre_process`` runs first (shape inference and basic optimisation, which folds BN),
+    as onnxruntime recommends; activation ranges come from MinMax calibration over ``reader``.
+    Only Conv is quantised, as Ascend's AMCT does for cube operators: GroupNorm's affine Mul/Add
+    stay float (quantising them per channel fails, their weights being rank 1). A model below
+    opset 13 is converted to 13 first, because per-channel DequantizeLinear needs its ``axis``.
+    """
+    def write(tmp: Path) -> None:
+        prepared = tmp.with_name(tmp.stem + ".pre.onnx")
+        try:
+            # ORT's symbolic shape inference costs 10x the rest here, and quantising Conv needs
+            # only the weights' shapes, which ONNX's own inference keeps.
+            quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+            proto = onnx.load(str(prepared))
+            if _default_opset(proto) < PER_CHANNEL_MIN_OPSET:
+                onnx.save(onnx.version_converter.convert_version(proto, PER_CHANNEL_MIN_OPSET), str(prepared))
+            quantize_static(
+                str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=["Conv"],
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            )
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    return _replace_atomically(write, out_path)
+
+
+def with_intermediate_outputs(model: onnx.ModelProto, op_types: tuple[str, ...] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs every float intermediate tensor (Polygraphy's ``mark all``).
+
+    Args:
+        op_types: only mark outputs of these node types (e.g. ``("Conv", "Relu")``); all when None.
+
+    Marking a tensor as an output stops ONNX Runtime from fusing it away, so the marked graph
+    is slightly less optimised than the plain one: use it to find where outputs diverge, not
+    to measure the final error.
+    """
+    # ONNX's own inference loses shapes after the GroupNorm reshapes; ORT's symbolic one does not,
+    # and onnx.checker wants every graph output shaped.
+    inferred = SymbolicShapeInference.infer_shapes(model)
+    float_tensors = {
+        info.name: info for info in inferred.graph.value_info if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
+    existing = {o.name for o in model.graph.output}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in model.graph.node:
+        if op_types is not None and node.op_type not in op_types:
+            continue
+        out.graph.output.extend(float_tensors[name] for name in node.output if name in float_tensors and name not in existing)
+    return out
+
+
+@dataclass
+class OrtRunner:
+    """A compiled ONNX model as a target: ``runner(batch)`` -> raw tensors named like ``forward_raw``.
+
+    ``fallback`` is None, or the message that the requested provider silently fell back to the CPU.
+    """
+
+    session: ort.InferenceSession
+    provider: str
+    precision: str
+    model_path: Path
+    batch_limit: int | None
+    output_names: tuple[str, ...] = field(init=False)
+    fallback: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.fallback = cpu_fallback(self.session, self.provider)
+
+    def _run(self, batch: Tensor) -> dict[str, Tensor]:
+        feed = {INPUT_NAME: np.ascontiguousarray(batch.detach().cpu().float().numpy())}
+        return {name: torch.from_numpy(np.asarray(value, dtype=np.float32)) for name, value in zip(self.output_names, self.session.run(None, feed))}
+
+    def __call__(self, batch: Tensor) -> dict[str, Tensor]:
+        """Run a normalised ``[N, 3, H, W]`` batch; a static batch-1 model runs it image by image."""
+        return run_in_batches(self._run, batch, self.batch_limit)
+
+
+def compiled_model_path(exported: ExportedModel, precision: str, calibration_images: int = DEFAULT_CALIBRATION_IMAGES, seed: int = TRAIN_SEED) -> Path:
+    """Where the fp16/int8 derivative of ``exported`` is cached: next to it, named by what makes it."""
+    if precision == "fp32":
+        return exported.path
+    suffix = "fp16" if precision == "fp16" else f"int8-{INT8_RECIPE}-n{calibration_images}-s{seed}"
+    return exported.path.with_name(f"{exported.path.stem}.{suffix}.onnx")
+
+
+def build_ort_runner(
+    exported: ExportedModel,
+    precision: str = "fp32",
+    provider: str = CPU_PROVIDER,
+    model: nn.Module | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = TRAIN_SEED,
+    provider_options: Mapping[str, str] | None = None,
+) -> OrtRunner:
+    """An ``OrtRunner`` for ``exported`` at ``precision`` on ``provider``, converting (and caching) as needed.
+
+    Args:
+        exported: the fp32 export.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        provider: an ONNX Runtime execution provider name.
+        model: the PyTorch model, whose ``preprocess`` prepares the int8 calibration images
+            (required for int8 only).
+        calibration_images, seed: the int8 calibration set (synthetic training stream).
+        provider_options: passed to ``create_session``.
+
+    Raises:
+        ValueError: unknown precision, or int8 without ``model``.
+        OrtProviderError: the provider is not available here.
+    """
+    if precision not in ORT_PRECISIONS:
+        raise ValueError(f"precision: expected one of {ORT_PRECISIONS}; got {precision!r}")
+    path = compiled_model_path(exported, precision, calibration_images, seed)
+    if path.exists():
+        load_checked(path)
+    elif precision == "fp16":
+        convert_fp16(exported.path, path)
+    elif precision == "int8":
+        if model is None:
+            raise ValueError("int8 needs the PyTorch model: its preprocess prepares the calibration images")
+        reader = SyntheticCalibrationReader(model, exported.input_shape[2:], calibration_images, seed)
+        quantize_int8(exported.path, path, reader)
+    return OrtRunner(create_session(path, provider, provider_options=provider_options), provider, precision, path, exported.batch_limit)
