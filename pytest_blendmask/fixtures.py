@@ -5,12 +5,16 @@ torch and the model are imported inside the fixtures, so that loading the plugin
 """
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_blendmask.placement import pin_target, worker_device
+from pytest_blendmask.report.record import record
 from pytest_blendmask.settings import SEED, Settings, thresholds_path, weights_path
 from pytest_blendmask.targets import TargetSpec, auto_targets, availability, probe_torch_npu
 
@@ -20,7 +24,12 @@ else:
     import tomli as tomllib
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
+
+    from pytest_blendmask.perf.grid import GridPoint, GridSpec
+    from pytest_blendmask.perf.ladder import PerfPoint
 
 settings_key = pytest.StashKey[Settings]()
 targets_key = pytest.StashKey["list[TargetSpec]"]()
@@ -99,7 +108,9 @@ def dut_targets(pytestconfig: pytest.Config) -> list[TargetSpec]:
 @pytest.fixture
 def dut_target(request: pytest.FixtureRequest) -> TargetSpec:
     """One target under test (tests are parametrized over them); skips with the reason if unavailable."""
-    target: TargetSpec = request.param
+    # Under --bm-devices the parameter (and the test id) stays the spec given; the worker's
+    # pinned device replaces the device of an eager target of the same type.
+    target = pin_target(request.param, worker_device(request.config, request.config.stash[settings_key]))
     reason = availability(target)
     if reason is not None:
         pytest.skip(reason)
@@ -128,3 +139,55 @@ def thresholds(bm_settings: Settings) -> dict[str, Any]:
     """The thresholds TOML (--bm-thresholds, else the packaged default) as a dict; {} if neither exists."""
     path = thresholds_path(bm_settings)
     return tomllib.loads(path.read_text(encoding="utf-8")) if path else {}
+
+
+@pytest.fixture
+def bm_record(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
+    """Record a gate's verdict for the reports; fails the test when the verdict is a failure.
+
+    ``bm_record(family, target, metric, value, limit, unit, passed, *, op=None, detail="", **extra)``,
+    the arguments of ``pytest_blendmask.report.record`` after ``request``::
+
+        bm_record("precision", dut_target.id, "relative_l2_error", err, 0.1, "", err <= 0.1, op="<=")
+    """
+    return functools.partial(record, request.node)
+
+
+@pytest.fixture(scope="session")
+def bm_worker_device(pytestconfig: pytest.Config, bm_settings: Settings) -> str | None:
+    """The --bm-devices entry this xdist worker is pinned to (gwK -> devices[K % len]); None without --bm-devices."""
+    return worker_device(pytestconfig, bm_settings)
+
+
+def perf_grid_points(config: pytest.Config) -> list[GridPoint]:
+    """The points of --bm-perf-grid over the devices of the eager targets under test (for parametrization)."""
+    from pytest_blendmask.perf.grid import eager_devices, grid_spec
+
+    settings = config.stash[settings_key]
+    spec = grid_spec(settings.perf_grid, settings.batch_sizes, settings.input_size)
+    return spec.points(eager_devices(chosen_targets(config)))
+
+
+@pytest.fixture(scope="session")
+def perf_grid(bm_settings: Settings) -> GridSpec:
+    """The perf grid chosen by --bm-perf-grid: its axes and round counts."""
+    from pytest_blendmask.perf.grid import grid_spec
+
+    return grid_spec(bm_settings.perf_grid, bm_settings.batch_sizes, bm_settings.input_size)
+
+
+@pytest.fixture(scope="session")
+def perf_points(bm_settings: Settings, perf_grid: GridSpec) -> Iterator[list[PerfPoint]]:
+    """Perf grid points measured (or skipped) so far; written with the ladder to <report dir>/perf_ladder.json at session end.
+
+    Each xdist worker writes the points it ran; pytest-benchmark times nothing under xdist,
+    so a distributed session measures (and writes) no points.
+    """
+    from pytest_blendmask.perf.ladder import PERF_REPORT_FILE, write_perf_report
+    from pytest_blendmask.perf.timing import host_conditions
+
+    points: list[PerfPoint] = []
+    yield points
+    if any(point.measured for point in points):
+        context = {"grid": perf_grid.name, "host": host_conditions()}
+        write_perf_report(bm_settings.report_dir / PERF_REPORT_FILE, points, context)

@@ -1,13 +1,17 @@
-"""pytest hooks of pytest-blendmask: options, markers, target parametrization, report header.
+"""pytest hooks of pytest-blendmask: options, markers, target parametrization, report header, reports.
 
 The hooks only switch: parsing lives in ``settings``, targets in ``targets``, fixtures in
-``fixtures`` (a second ``pytest11`` entry point). torch is never imported at module level.
+``fixtures`` (a second ``pytest11`` entry point), worker pinning and tags in ``placement``,
+the reports in ``report`` (its controller is a plugin object registered at configure time).
+torch is never imported at module level.
 """
 from __future__ import annotations
 
 import pytest
 
 from pytest_blendmask.fixtures import chosen_targets, settings_key
+from pytest_blendmask.placement import group_perf_items, tag_items
+from pytest_blendmask.report.controller import register_report_hooks
 from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings
 from pytest_blendmask.targets import TargetSpec, availability, describe_targets
 
@@ -47,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     config.stash[settings_key] = resolve_settings(config)
+    register_report_hooks(config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -59,6 +64,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "dut_target" in metafunc.fixturenames:
         targets = chosen_targets(metafunc.config)
         metafunc.parametrize("dut_target", targets, ids=[t.id for t in targets], indirect=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker appends the xdist_group to the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tag_items(items)
+    group_perf_items(config, items)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

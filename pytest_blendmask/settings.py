@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from pytest_blendmask.perf.grid import GRID_NAMES
+from pytest_blendmask.report.record import FAMILIES
 from pytest_blendmask.targets import TARGET_FORMS, TargetSpec, parse_device, parse_target
 
 # Mirrors pytest_blendmask.model.CONFIG_NAMES (a unit test keeps them equal): importing the
@@ -27,6 +29,9 @@ MODEL_NAMES = ("lite", "R_50", "R_101", "R_101_dcni3")
 SEED = 0  # model initialisation and synthetic inputs
 THRESHOLDS_FILE = "thresholds_default.toml"
 SIZE_DIVISOR = 32  # the FPN's coarsest backbone stride: inputs are padded to a multiple of it
+
+# What --bm-require can demand: a test family (marker) or an accelerator type.
+REQUIRE_TAGS = (*FAMILIES, "npu", "cuda")
 
 _FACTORY_RE = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)")
 _SOC_RE = re.compile(r"Ascend\d\w*")
@@ -47,6 +52,8 @@ class Settings:
     dump_dir: Path | None = None  # None: no tensor dumps written
     devices: tuple[str, ...] = ()  # one per xdist worker
     soc_version: str = "Ascend910B"
+    require: tuple[str, ...] = ()  # families/devices whose skips fail the session
+    perf_grid: str = "quick"  # quick: CI's 3-minute grid; full: the hardware run
 
 
 DEFAULTS = Settings()
@@ -130,6 +137,23 @@ def parse_soc_version(text: str) -> str:
     return name
 
 
+def parse_require(text: str) -> tuple[str, ...]:
+    """A comma-separated list of families and device types; empty means nothing is required."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in REQUIRE_TAGS]
+    if unknown:
+        raise ValueError(f"expected a comma-separated list of {', '.join(REQUIRE_TAGS)}; got {text!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_perf_grid(text: str) -> str:
+    """The name of a perf grid (``pytest_blendmask.perf.grid``)."""
+    name = text.strip()
+    if name not in GRID_NAMES:
+        raise ValueError(f"expected {' or '.join(GRID_NAMES)}; got {text!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class Option:
     """One ``--bm-<name>`` flag, its ``bm_<name>`` ini key, and how its value is parsed."""
@@ -180,6 +204,11 @@ OPTIONS = (
            parse_devices, metavar="DEV,DEV,..."),
     Option("soc-version", "ATC --soc_version of the target chip.", parse_soc_version,
            metavar="SOC"),
+    Option("require", f"Comma-separated families/devices ({', '.join(REQUIRE_TAGS)}) that must run: "
+           "a skip among their tests, or none of them running, fails the session.", parse_require,
+           metavar="TAG,TAG,..."),
+    Option("perf-grid", "Perf grid: quick (CI, <= 3 min on 2 CPU cores) or full (every batch size, "
+           "512 and 640, fp32/fp16/bf16; for hardware).", parse_perf_grid, metavar="quick|full"),
 )
 
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}

@@ -232,12 +232,24 @@ def describe_targets(chosen: list[TargetSpec], auto: bool) -> list[str]:
 _AUTOCAST_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 
+def autocast(device_type: str, dtype: Dtype) -> contextlib.AbstractContextManager[object]:
+    """``torch.autocast`` for fp16/bf16 on ``device_type``; a no-op context for fp32.
+
+    On the CPU that mirrors ATC's ``allow_fp32_to_fp16``: matmuls and convolutions in half
+    precision, the rest in float32.
+    """
+    import torch
+
+    if dtype not in _AUTOCAST_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, _AUTOCAST_DTYPES[dtype]))
+
+
 def run_eager(model: torch.nn.Module, batch: torch.Tensor, spec: TargetSpec) -> dict[str, torch.Tensor]:
     """Run ``model.forward_raw`` on an eager target; raw tensors come back float32 on the CPU.
 
     The model is copied before it is moved, so the session's reference model stays on the
-    CPU in float32. fp16/bf16 run under ``torch.autocast``; on the CPU that mirrors ATC's
-    ``allow_fp32_to_fp16``: matmuls and convolutions in half precision, the rest in float32.
+    CPU in float32. fp16/bf16 run under ``autocast``.
     """
     import torch
 
@@ -245,11 +257,6 @@ def run_eager(model: torch.nn.Module, batch: torch.Tensor, spec: TargetSpec) -> 
         raise ValueError(f"run_eager runs eager targets only, got {spec.id}")
     device = torch.device(spec.device)
     dut = copy.deepcopy(model).to(device).eval()
-    autocast = (
-        torch.autocast(device.type, dtype=getattr(torch, _AUTOCAST_DTYPES[spec.dtype]))
-        if spec.dtype in _AUTOCAST_DTYPES
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device.type, spec.dtype):
         raw = dut.forward_raw(batch.to(device))
     return {name: tensor.float().cpu() for name, tensor in raw.items()}

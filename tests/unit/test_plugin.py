@@ -16,6 +16,8 @@ FIXTURE_DOCS = {
     "sample_batch": "Deterministic synthetic BGR images at --bm-input-size*",
     "thresholds": "The thresholds TOML*",
     "bm_settings": "The validated --bm-* options of this session.",
+    "bm_record": "Record a gate's verdict for the reports; fails the test when the verdict is a failure.",
+    "bm_worker_device": "The --bm-devices entry this xdist worker is pinned to*",
 }
 
 
@@ -64,6 +66,7 @@ def test_npu_marker_skips_with_probe_reason(pytester: pytest.Pytester) -> None:
         (["--bm-dump-dir= "], "--bm-dump-dir: expected a directory path; got ' '*"),
         (["--bm-devices=npu0"], "--bm-devices: expected cpu, cuda:N or npu:N; got 'npu0'*"),
         (["--bm-soc-version=910B"], "--bm-soc-version: expected an ATC --soc_version such as *; got '910B'*"),
+        (["--bm-require=npu,tpu"], "--bm-require: expected a comma-separated list of precision, perf, atc, npu, cuda; got 'npu,tpu'*"),
     ],
 )
 def test_bad_option_value_is_a_usage_error(pytester: pytest.Pytester, args: list[str], message: str) -> None:

@@ -63,6 +63,21 @@ def test_parse_soc_version_rejects(text: str) -> None:
         settings.parse_soc_version(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("npu,atc", ("npu", "atc")), (" precision , perf ", ("precision", "perf")), ("cuda,cuda", ("cuda",)), ("", ())],
+)
+def test_parse_require_accepts(text: str, expected: tuple[str, ...]) -> None:
+    assert settings.parse_require(text) == expected
+
+
+@pytest.mark.parametrize("text", ["tpu", "npu,gpu", "npu:0", "NPU"])
+def test_parse_require_rejects(text: str) -> None:
+    with pytest.raises(ValueError) as info:
+        settings.parse_require(text)
+    assert str(info.value) == f"expected a comma-separated list of precision, perf, atc, npu, cuda; got {text!r}"
+
+
 @pytest.mark.parametrize("text", ["lite", "R_50", "R_101", "R_101_dcni3", "os.path:join", "json:loads"])
 def test_parse_model_accepts_configs_and_findable_factories(text: str) -> None:
     assert settings.parse_model(text) == text
@@ -124,14 +139,14 @@ def test_resolve_settings_reads_every_option(pytester: pytest.Pytester) -> None:
         "--bm-model=R_50", "--bm-weights=w.safetensors", "--bm-target=npu:0:fp16", "--bm-target=om",
         "--bm-reference=cpu:bf16", "--bm-thresholds=thr.toml", "--bm-input-size=480x640",
         "--bm-batch-sizes=1,4", "--bm-report-dir=out", "--bm-dump-dir=dumps", "--bm-devices=npu:0,npu:1",
-        "--bm-soc-version=Ascend310P3",
+        "--bm-soc-version=Ascend310P3", "--bm-require=npu,atc",
     )
     here = pytester.path
     assert resolve_settings(config) == Settings(
         model="R_50", weights=here / "w.safetensors", targets=(parse_target("npu:0:fp16"), parse_target("om")),
         reference=parse_target("cpu:bf16"), thresholds=here / "thr.toml", input_size=(480, 640),
         batch_sizes=(1, 4), report_dir=here / "out", dump_dir=here / "dumps", devices=("npu:0", "npu:1"),
-        soc_version="Ascend310P3",
+        soc_version="Ascend310P3", require=("npu", "atc"),
     )
 
 
@@ -186,3 +201,17 @@ def test_weights_fall_back_to_shipped_then_random(tmp_path: Path, monkeypatch: p
     assert settings.describe_settings(Settings(model="R_50"))[1] == (
         "weights: random init (seed 0): no --bm-weights and no shipped weights for R_50"
     )
+
+
+@pytest.mark.parametrize(("text", "expected"), [("quick", "quick"), (" full ", "full")])
+def test_parse_perf_grid_accepts(text: str, expected: str) -> None:
+    assert settings.parse_perf_grid(text) == expected
+
+
+def test_perf_grid_defaults_to_quick_and_rejects_unknown_names(pytester: pytest.Pytester) -> None:
+    assert resolve_settings(pytester.parseconfig()).perf_grid == "quick"
+    pytester.makeini("[pytest]\nbm_perf_grid = full\n")
+    assert resolve_settings(pytester.parseconfig()).perf_grid == "full"
+    with pytest.raises(pytest.UsageError) as info:
+        resolve_settings(pytester.parseconfig("--bm-perf-grid=huge"))
+    assert str(info.value) == "--bm-perf-grid: expected quick or full; got 'huge' (from command line; ini key bm_perf_grid)"

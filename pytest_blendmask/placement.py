@@ -1,0 +1,98 @@
+"""Where a test runs: the device pinned to each xdist worker, perf groups, and the tags ``--bm-require`` checks.
+
+``--bm-devices npu:0,npu:1`` with ``-n N`` pins worker ``gwK`` to ``devices[K % len]``;
+without xdist the session is worker 0. Eager targets of that device's type run on the
+pinned device (the test id keeps the spec given, so every worker collects the same ids).
+
+Tags are computed at collection and stored in the item's ``user_properties`` so that they
+reach the xdist controller with every report, skips included.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+
+from pytest_blendmask.report.record import TAGS_KEY
+from pytest_blendmask.settings import REQUIRE_TAGS, Settings
+from pytest_blendmask.targets import ORT_PROVIDERS, TargetSpec
+
+PERF_MARKER = "perf"
+# ONNX Runtime and ais_bench use device 0 unless told otherwise.
+_ORT_DEVICES = {ORT_PROVIDERS["cpu"]: "cpu", ORT_PROVIDERS["cann"]: "npu:0", ORT_PROVIDERS["cuda"]: "cuda:0"}
+_OM_DEVICE = "npu:0"
+_NO_TARGET_DEVICE = "cpu"  # a test without a dut_target runs on the CPU
+
+
+def worker_index(worker_id: str | None) -> int:
+    """0 for ``gw0`` or no xdist, K for ``gwK``."""
+    return int(worker_id[2:]) if worker_id and worker_id.startswith("gw") else 0
+
+
+def device_for_worker(devices: Sequence[str], worker_id: str | None) -> str | None:
+    """The device of ``--bm-devices`` this worker is pinned to; None when none were given."""
+    return devices[worker_index(worker_id) % len(devices)] if devices else None
+
+
+def worker_device(config: pytest.Config, settings: Settings) -> str | None:
+    """``device_for_worker`` for this process (xdist tells a worker its id in ``workerinput``)."""
+    return device_for_worker(settings.devices, getattr(config, "workerinput", {}).get("workerid"))
+
+
+def pin_target(spec: TargetSpec, device: str | None) -> TargetSpec:
+    """``spec`` moved to ``device`` when it is an eager target of the same device type."""
+    if device is None or spec.kind != "eager" or spec.device is None:
+        return spec
+    same_type = spec.device.split(":")[0] == device.split(":")[0]
+    return dataclasses.replace(spec, device=device) if same_type else spec
+
+
+def device_of(spec: TargetSpec) -> str:
+    """The device a target occupies: ``cpu``, ``cuda:N`` or ``npu:N``."""
+    if spec.kind == "eager":
+        assert spec.device is not None
+        return spec.device
+    if spec.kind == "ort":
+        assert spec.provider is not None
+        return _ORT_DEVICES[spec.provider]
+    return _OM_DEVICE
+
+
+def _dut_target(item: pytest.Item) -> TargetSpec | None:
+    """The item's ``dut_target`` parameter (the spec given, before any pinning)."""
+    callspec = getattr(item, "callspec", None)
+    spec = callspec.params.get("dut_target") if callspec is not None else None
+    return spec if isinstance(spec, TargetSpec) else None
+
+
+def item_device(item: pytest.Item) -> str:
+    """The device of the item's ``dut_target`` parameter, else the CPU."""
+    spec = _dut_target(item)
+    return device_of(spec) if spec is not None else _NO_TARGET_DEVICE
+
+
+def item_tags(item: pytest.Item) -> list[str]:
+    """The families (markers) and device types this test belongs to, for ``--bm-require``."""
+    tags = {mark.name for mark in item.iter_markers() if mark.name in REQUIRE_TAGS}
+    spec = _dut_target(item)
+    if spec is not None:
+        tags.add(device_of(spec).split(":")[0])
+    if "npu_device" in getattr(item, "fixturenames", ()):
+        tags.add("npu")
+    return sorted(tags)
+
+
+def tag_items(items: Sequence[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Item):  # pytester's getnode() passes collectors here
+            item.user_properties.append((TAGS_KEY, item_tags(item)))
+
+
+def group_perf_items(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``, send all perf tests of one device to one worker, one after another."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    for item in items:
+        if item.get_closest_marker(PERF_MARKER) is not None:
+            item.add_marker(pytest.mark.xdist_group(name=item_device(item)))

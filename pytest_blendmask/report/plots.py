@@ -1,0 +1,83 @@
+"""PNG plots for the HTML report, drawn with matplotlib's Agg canvas.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by ``FigureCanvasAgg``
+directly, not through ``pyplot``: no global backend switch, no figure registry to leak
+from a long test session, and it works without a display.
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pytest_blendmask.report.record import is_finite_number
+
+SIZE_INCHES = (9.0, 3.6)
+DPI = 100
+_LIMIT_COLOUR = "tab:red"
+_DIVERGENT_COLOUR = "tab:orange"
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _as_float(value: float | str | None) -> float:
+    """A plotted value: non-finite values, the report's "NaN"/"Infinity" strings and None become NaN (a gap)."""
+    return float(value) if is_finite_number(value) else math.nan
+
+
+def layer_error_plot(
+    layers: Sequence[str],
+    values: Sequence[float | str | None],
+    *,
+    limit: float | None,
+    first_divergent: str | None,
+    title: str,
+    ylabel: str,
+) -> bytes:
+    """One metric against execution order, the limit as a line, the first divergent layer marked."""
+    ys = [_as_float(v) for v in values]
+    figure = Figure(figsize=SIZE_INCHES)
+    axes = figure.add_subplot()
+    axes.plot(range(len(ys)), ys, marker=".", linewidth=1, label=ylabel)
+    positive = [y for y in ys if y > 0]
+    if positive and max(positive) / min(positive) > 100:
+        axes.set_yscale("log")  # layer errors span orders of magnitude between stem and head
+    if limit is not None and math.isfinite(limit):
+        axes.axhline(limit, color=_LIMIT_COLOUR, linestyle="--", label=f"limit {limit:g}")
+    if first_divergent is not None:
+        index = list(layers).index(first_divergent)
+        axes.axvline(index, color=_DIVERGENT_COLOUR, linestyle=":")
+        axes.plot([index], [ys[index]], "o", color=_DIVERGENT_COLOUR, label=f"first divergent: {first_divergent}")
+    axes.set_xlabel(f"layer in execution order ({len(ys)} layers)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    return _png(figure)
+
+
+def latency_plot(series: Mapping[str, tuple[Sequence[int], Sequence[float | str | None]]], *, title: str) -> bytes:
+    """Latency (ms) against batch size, one line per label; batch sizes on a log2 axis."""
+    figure = Figure(figsize=SIZE_INCHES)
+    axes = figure.add_subplot()
+    ticks: set[int] = set()
+    for label, (batches, latency) in series.items():
+        points = sorted(zip(batches, map(_as_float, latency)))
+        axes.plot([b for b, _ in points], [ms for _, ms in points], marker="o", label=label)
+        ticks.update(batches)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(ticks), labels=[str(b) for b in sorted(ticks)])  # 1, 2, 4... not 2^0, 2^1...
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("latency (ms)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    return _png(figure)

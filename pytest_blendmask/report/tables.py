@@ -1,0 +1,101 @@
+"""The report's tables as plain rows of text, rendered by both the Markdown and the HTML writers.
+
+Building the cells once keeps FINAL_REPORT.md and the pytest-html summary showing the same
+numbers formatted the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_blendmask.report.record import FAMILIES
+
+FAMILY_TITLES = {"precision": "Precision", "perf": "Performance", "atc": "ATC / compiled model"}
+RECORD_HEADERS = ("Test", "Target", "Metric", "Value", "Limit", "Unit", "Result", "Detail")
+_OP_GLYPHS = {"<=": "≤", ">=": "≥"}
+NONE_TEXT = "—"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table; ``empty`` is shown instead when there are no rows."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: list[list[str]]
+    empty: str
+
+
+def format_number(value: Any) -> str:
+    """4 significant digits for floats, as-is for ints and the NaN/Infinity strings, a dash for None."""
+    if value is None:
+        return NONE_TEXT
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_limit(record: Mapping[str, Any]) -> str:
+    """The limit with its direction, e.g. ``≤ 0.1``."""
+    if record["limit"] is None:
+        return NONE_TEXT
+    glyph = _OP_GLYPHS.get(record["op"] or "", "")
+    return f"{glyph} {format_number(record['limit'])}".strip()
+
+
+def short_test_id(nodeid: str) -> str:
+    """The test's name with its parameters, without the file path (the JSON keeps the full id)."""
+    return nodeid.rsplit("::", 1)[-1]
+
+
+def record_rows(records: list[Mapping[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            short_test_id(r["test"]),
+            r["target"],
+            r["metric"],
+            format_number(r["value"]),
+            format_limit(r),
+            r["unit"],
+            "pass" if r["passed"] else "FAIL",
+            r["detail"],
+        ]
+        for r in records
+    ]
+
+
+def environment_rows(env: Mapping[str, Any]) -> list[list[str]]:
+    host, npu, ort, model = env["host"], env["torch_npu"], env["onnxruntime"], env["model"]
+    npu_text = f"{npu['version'] or 'not installed'}" + ("" if npu["available"] else f" (unavailable: {npu['reason']})")
+    cann = env["cann"]
+    size = "x".join(map(str, model["input_size"])) if model["input_size"] else "config default"
+    targets = ", ".join(env["targets"]) + (" (auto-selected)" if env["targets_auto"] else "")
+    return [
+        ["Host", f"{host['name']} ({host['platform']}, {host['cpus']} CPUs)"],
+        ["Python / pytest", f"{env['python']} / {env['pytest']}"],
+        ["torch", env["torch"] or "not installed"],
+        ["torch_npu", npu_text],
+        ["CANN", cann["version"] + (f" ({cann['source']})" if cann["source"] else "")],
+        ["onnxruntime", f"{ort['version'] or ort['reason']}; providers: {', '.join(ort['providers']) or NONE_TEXT}"],
+        ["Targets", targets],
+        ["Reference", env["reference"]],
+        ["Devices (xdist)", ", ".join(env["devices"]) or NONE_TEXT],
+        ["Model", f"{model['name']}, input {size}"],
+        ["Weights", model["weights"]],
+        ["Weights SHA-256", model["weights_sha256"] or NONE_TEXT],
+        ["Thresholds", env["thresholds"] or NONE_TEXT],
+    ]
+
+
+def report_tables(report: Mapping[str, Any]) -> list[Table]:
+    """Environment, one table per family, skips and failures, in reading order."""
+    tables = [Table("Environment", ("Item", "Value"), environment_rows(report["environment"]), "")]
+    for family in FAMILIES:
+        rows = record_rows(report["records"][family])
+        tables.append(Table(FAMILY_TITLES[family], RECORD_HEADERS, rows, f"No {family} records in this run."))
+    skips = [[short_test_id(s["test"]), ", ".join(s["tags"]), s["reason"]] for s in report["skips"]]
+    tables.append(Table("Skipped", ("Test", "Tags", "Reason"), skips, "Nothing skipped."))
+    failures = [[short_test_id(f["test"]), f["outcome"], f["message"]] for f in report["failures"]]
+    tables.append(Table("Failures", ("Test", "Outcome", "Message"), failures, "No failures."))
+    return tables

@@ -1,0 +1,138 @@
+"""pytest-xdist: records reach the controller unchanged, workers are pinned to devices, perf tests are grouped."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_blendmask.placement import device_for_worker, device_of, group_perf_items, item_tags, pin_target, worker_index
+from pytest_blendmask.targets import parse_target
+from tests.unit.report_support import RECORDING_PROJECT, all_records, assert_valid, final_report
+
+
+def _canonical(report: dict) -> dict:
+    """What must not depend on how the run was distributed, with order removed."""
+    return {
+        "records": sorted(json.dumps(r, sort_keys=True) for r in all_records(report)),
+        "skips": sorted(json.dumps(s, sort_keys=True) for s in report["skips"]),
+        "counts": report["counts"],
+        "verdict": report["verdict"],
+    }
+
+
+def test_records_of_an_xdist_run_equal_those_of_a_serial_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(RECORDING_PROJECT)
+    # Subprocesses: xdist workers are separate interpreters anyway, and an in-process run
+    # cannot host the controller's execnet gateways cleanly.
+    serial = pytester.runpytest_subprocess("--bm-target=cpu", "-p", "no:cacheprovider")
+    serial.assert_outcomes(passed=7, failed=1, skipped=1)
+    serial_report = final_report(pytester)
+    distributed = pytester.runpytest_subprocess("--bm-target=cpu", "-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
+    distributed.stdout.fnmatch_lines(["created: 2/2 workers"])
+    distributed.assert_outcomes(passed=7, failed=1, skipped=1)
+    distributed_report = final_report(pytester)
+    assert_valid(distributed_report)
+    assert distributed_report["environment"]["xdist_workers"] == 2
+    assert len(all_records(distributed_report)) == 10
+    assert _canonical(distributed_report) == _canonical(serial_report)
+
+
+@pytest.mark.parametrize(
+    ("devices", "worker_id", "expected"),
+    [(("npu:0", "npu:1"), "gw0", "npu:0"), (("npu:0", "npu:1"), "gw3", "npu:1"), (("npu:0", "npu:1"), None, "npu:0"),
+     (("npu:5",), "gw2", "npu:5"), ((), "gw1", None)],
+)
+def test_device_for_worker_cycles_through_the_devices(devices: tuple[str, ...], worker_id: str | None, expected: str | None) -> None:
+    assert device_for_worker(devices, worker_id) == expected
+
+
+def test_worker_index() -> None:
+    assert [worker_index(w) for w in ("gw0", "gw12", None, "master")] == [0, 12, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "device", "expected"),
+    [("npu:0:fp16", "npu:3", "npu:3:fp16"), ("npu:0", None, "npu:0"), ("cpu:fp16", "npu:1", "cpu:fp16"),
+     ("cuda:0", "npu:1", "cuda:0"), ("ort:cann", "npu:1", "ort:cann"), ("om", "npu:1", "om")],
+)
+def test_pin_target_moves_eager_targets_of_the_same_type(spec: str, device: str | None, expected: str) -> None:
+    assert pin_target(parse_target(spec), device).id == expected
+
+
+@pytest.mark.parametrize(("spec", "device"), [("cpu:bf16", "cpu"), ("npu:2", "npu:2"), ("ort", "cpu"),
+                                              ("ort:cann", "npu:0"), ("ort:cuda", "cuda:0"), ("om", "npu:0")])
+def test_device_of_a_target(spec: str, device: str) -> None:
+    assert device_of(parse_target(spec)) == device
+
+
+def test_bm_worker_device_and_dut_target_follow_bm_devices(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        import pytest_blendmask.fixtures
+
+        @pytest.fixture(autouse=True)
+        def npu_present(monkeypatch):
+            monkeypatch.setattr(pytest_blendmask.fixtures, "availability", lambda target: None)
+
+        def test_pinned(bm_worker_device, dut_target, request):
+            assert bm_worker_device == "npu:1"
+            assert request.node.callspec.id == "npu:0:fp16"  # the id every worker agrees on
+            assert dut_target.id == "npu:1:fp16"
+        """
+    )
+    pytester.runpytest("--bm-devices=npu:1", "--bm-target=npu:0:fp16").assert_outcomes(passed=1)
+
+
+def test_perf_items_are_grouped_by_device_under_loadgroup(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nbm_target =\n    npu:0\n    ort:cann\n")
+    items = pytester.getitems(
+        """
+        import pytest
+
+        @pytest.mark.perf
+        def test_latency(dut_target):
+            pass
+
+        @pytest.mark.perf
+        def test_cpu_benchmark():
+            pass
+
+        @pytest.mark.precision
+        def test_parity(dut_target):
+            pass
+        """
+    )
+    config = items[0].config
+    group_perf_items(config, items)
+    assert [m.kwargs for i in items for m in i.iter_markers("xdist_group")] == []  # not under --dist load
+    config.option.dist = "loadgroup"
+    group_perf_items(config, items)
+    groups = {i.name: [m.kwargs["name"] for m in i.iter_markers("xdist_group")] for i in items}
+    assert groups == {"test_latency[npu:0]": ["npu:0"], "test_latency[ort:cann]": ["npu:0"], "test_cpu_benchmark": ["cpu"],
+                      "test_parity[npu:0]": [], "test_parity[ort:cann]": []}
+
+
+def test_items_are_tagged_with_family_and_device(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nbm_target =\n    om\n    cpu\n")
+    items = pytester.getitems(
+        """
+        import pytest
+
+        @pytest.mark.atc
+        def test_om(dut_target):
+            pass
+
+        @pytest.mark.perf
+        @pytest.mark.npu
+        def test_npu_marker():
+            pass
+
+        def test_npu_fixture(npu_device):
+            pass
+        """
+    )
+    assert {i.name: item_tags(i) for i in items} == {
+        "test_om[om]": ["atc", "npu"], "test_om[cpu]": ["atc", "cpu"],
+        "test_npu_marker": ["npu", "perf"], "test_npu_fixture": ["npu"],
+    }
