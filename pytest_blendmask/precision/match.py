@@ -80,3 +80,151 @@ def mask_iou_pairs(ref_masks: Tensor, dut_masks: Tensor) -> Tensor:
     inter = (ref & dut).sum(1).float()
     union = (ref | dut).sum(1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def mask_dice_pairs(ref_masks: Tensor, dut_masks: Tensor) -> Tensor:
+    """Dice of aligned pairs of binary masks: 2 |P ∩ R| / (|P| + |R|), 1 where both are empty.
+
+    Args:
+        ref_masks (Tensor[P, H, W]), dut_masks (Tensor[P, H, W]): bool masks, pair i = row i.
+
+    Returns:
+        Tensor[P]: Dice in [0, 1].
+    """
+    ref, dut = ref_masks.flatten(1).bool(), dut_masks.flatten(1).bool()
+    inter = (ref & dut).sum(1).float()
+    total = (ref.sum(1) + dut.sum(1)).float()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+def box_abs_errors(ref_boxes: Tensor, dut_boxes: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+    """|dut - ref| per coordinate of aligned box pairs, in pixels or normalised by image size.
+
+    Args:
+        ref_boxes (Tensor[P, 4]), dut_boxes (Tensor[P, 4]): xyxy, pair i = row i.
+        image_size: (H, W) of the image the boxes are in; when given, x errors are divided
+            by W and y errors by H, so 0.10 means a tenth of the image.
+
+    Returns:
+        Tensor[P, 4]: float32 errors.
+    """
+    errors = (dut_boxes.float() - ref_boxes.float()).abs()
+    if image_size is None:
+        return errors
+    height, width = image_size
+    return errors / errors.new_tensor([width, height, width, height])
+
+
+def score_errors(ref_scores: Tensor, dut_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """(|s_dut - s_ref|, |s_dut - s_ref| / s_ref) of aligned score pairs.
+
+    Reference scores are above the detector's score threshold, so never 0; a 0 would give inf.
+
+    Args:
+        ref_scores (Tensor[P]), dut_scores (Tensor[P]): confidences in [0, 1].
+    """
+    absolute = (dut_scores.float() - ref_scores.float()).abs()
+    return absolute, absolute / ref_scores.float()
+
+
+def top_k_classes(scores: Tensor, classes: Tensor, k: int) -> set[int]:
+    """The k classes with the highest best-detection score (fewer if fewer classes were detected).
+
+    Args:
+        scores (Tensor[M]), classes (Tensor[M]): one image's detections.
+    """
+    best: dict[int, float] = {}
+    for score, cls in zip(scores.tolist(), classes.tolist()):
+        best[cls] = max(score, best.get(cls, score))
+    return set(sorted(best, key=best.__getitem__, reverse=True)[:k])
+
+
+def top_k_class_overlap(ref_scores: Tensor, ref_classes: Tensor, dut_scores: Tensor, dut_classes: Tensor, k: int = 5) -> float:
+    """|top-k(ref) ∩ top-k(dut)| / |top-k(ref)|, classes ranked by their best detection score.
+
+    1.0 when neither side detected anything; 0.0 when only the device under test did.
+    """
+    ref_top = top_k_classes(ref_scores, ref_classes, k)
+    dut_top = top_k_classes(dut_scores, dut_classes, k)
+    if not ref_top:
+        return 1.0 if not dut_top else 0.0
+    return len(ref_top & dut_top) / len(ref_top)
+
+
+@dataclass(frozen=True)
+class DetectionMetrics:
+    """One image's detections of the device under test against the reference's.
+
+    Pairs come from class-agnostic ``match_boxes`` (so a class flip shows in
+    ``class_agreement`` rather than as two unmatched detections). Per-pair metrics are
+    taken over the matched pairs; with no pair, errors are 0 and agreements/IoUs are 1 if
+    neither side detected anything, else 0 (``unmatched_fraction`` then tells the story).
+    The ``thresholds`` keys ``max_<field>`` / ``min_<field>`` bound the field of that name.
+    """
+
+    num_ref: int
+    num_dut: int
+    matched: int
+    unmatched_fraction: float  # (unmatched ref + unmatched dut) / (num_ref + num_dut)
+    box_abs_error_px: float  # max |Δ coordinate| in pixels
+    box_abs_error_px_mean: float
+    box_error: float  # max |Δ coordinate| / image side (x by W, y by H)
+    box_error_mean: float
+    score_abs_error: float  # max |Δ score|
+    score_relative_error: float  # max |Δ score| / reference score
+    score_relative_error_mean: float
+    class_agreement: float  # fraction of pairs with the same class
+    top5_class_overlap: float  # top_k_class_overlap with k = 5
+    mask_iou: float  # mean mask IoU over pairs
+    mask_iou_min: float
+    dice: float  # mean Dice over pairs
+    dice_min: float
+
+
+def _summary(values: Tensor, empty: float) -> tuple[float, float, float]:
+    """(max, mean, min) of per-pair values; ``empty`` for all three when there is no pair."""
+    if not values.numel():
+        return empty, empty, empty
+    return float(values.max()), float(values.mean()), float(values.min())
+
+
+def detection_metrics(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_threshold: float) -> DetectionMetrics:
+    """Match one image's detections and measure every pair (see ``DetectionMetrics``).
+
+    Args:
+        ref, dut: ``postprocess`` results of one image: ``boxes`` [M, 4] xyxy pixels,
+            ``scores`` [M], ``classes`` [M], ``masks`` bool [M, H, W]; the image size is
+            taken from the masks.
+        iou_threshold: box IoU a pair needs to match.
+    """
+    matching = match_boxes(ref["boxes"], dut["boxes"], iou_threshold)
+    r, d = matching.ref_index, matching.dut_index
+    total = matching.num_ref + matching.num_dut
+    agree_if_empty = 1.0 if total == 0 else 0.0
+    ref_boxes, dut_boxes = ref["boxes"][r], dut["boxes"][d]
+    px_max, px_mean, _ = _summary(box_abs_errors(ref_boxes, dut_boxes), 0.0)
+    norm_max, norm_mean, _ = _summary(box_abs_errors(ref_boxes, dut_boxes, tuple(ref["masks"].shape[-2:])), 0.0)
+    score_abs, score_rel = score_errors(ref["scores"][r], dut["scores"][d])
+    rel_max, rel_mean, _ = _summary(score_rel, 0.0)
+    _, iou_mean, iou_min = _summary(mask_iou_pairs(ref["masks"][r], dut["masks"][d]), agree_if_empty)
+    _, dice_mean, dice_min = _summary(mask_dice_pairs(ref["masks"][r], dut["masks"][d]), agree_if_empty)
+    _, agreement, _ = _summary((ref["classes"][r] == dut["classes"][d]).float(), agree_if_empty)
+    return DetectionMetrics(
+        num_ref=matching.num_ref,
+        num_dut=matching.num_dut,
+        matched=len(r),
+        unmatched_fraction=(matching.unmatched_ref + matching.unmatched_dut) / total if total else 0.0,
+        box_abs_error_px=px_max,
+        box_abs_error_px_mean=px_mean,
+        box_error=norm_max,
+        box_error_mean=norm_mean,
+        score_abs_error=_summary(score_abs, 0.0)[0],
+        score_relative_error=rel_max,
+        score_relative_error_mean=rel_mean,
+        class_agreement=agreement,
+        top5_class_overlap=top_k_class_overlap(ref["scores"], ref["classes"], dut["scores"], dut["classes"], 5),
+        mask_iou=iou_mean,
+        mask_iou_min=iou_min,
+        dice=dice_mean,
+        dice_min=dice_min,
+    )

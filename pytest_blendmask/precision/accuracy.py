@@ -1,0 +1,197 @@
+"""Task accuracy: COCO box and mask AP of any target on a COCO-format split (pycocotools).
+
+``detections_to_coco`` turns the model's per-image detections into COCO result entries,
+``coco_ap`` scores result entries against ground truth with ``COCOeval``, and ``evaluate``
+runs a model on a target over a split and returns an ``AccuracyResult``. All AP values are
+COCO's, times 100: AP is the mean over IoU thresholds 0.50:0.05:0.95 and over categories of
+the 101-point interpolated precision, with at most 100 detections per image.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor, nn
+
+from ..data import category_id, encode_mask, ensure_split, load_split, read_image
+from ..targets import TargetSpec, availability, parse_target, run_eager
+
+IouType = Literal["bbox", "segm"]
+RunRaw = Callable[[Tensor], dict[str, Tensor]]
+
+MAX_DETS_PER_IMAGE = 100  # COCO's cap, COCOeval's largest maxDets
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """COCO AP of one target on one split (AP values x 100, ``seconds`` wall clock).
+
+    ``seconds`` covers preprocessing, the target's run and host post-processing of every
+    image; COCOeval itself is not timed, since it does not depend on the target.
+    """
+
+    target: str
+    num_images: int
+    bbox_AP: float
+    bbox_AP50: float
+    bbox_AP75: float
+    segm_AP: float
+    segm_AP50: float
+    segm_AP75: float
+    seconds: float
+
+
+def detections_to_coco(
+    dets: dict[str, Tensor], image_id: int, max_dets: int = MAX_DETS_PER_IMAGE
+) -> list[dict[str, Any]]:
+    """COCO result entries of one image's detections, the ``max_dets`` highest-scoring ones.
+
+    The model keeps detections tied with its 100th score, so it can return more than 100;
+    keeping them all would let that image count extra detections.
+
+    Args:
+        dets: ``boxes`` Tensor[M, 4] xyxy in image pixels, ``scores`` Tensor[M],
+            ``classes`` Tensor[M] 0-based class ids, ``masks`` bool Tensor[M, H, W].
+        image_id: the COCO image id.
+
+    Returns:
+        list[dict]: ``image_id``, ``category_id`` (class id + 1), ``bbox`` [x, y, w, h] with
+        w = x2 - x1 and h = y2 - y1, ``score``, ``segmentation`` (compressed RLE), best first.
+    """
+    # Stable sort: equal scores keep the model's order, so the cut is deterministic.
+    order = torch.argsort(dets["scores"], descending=True, stable=True)[:max_dets]
+    boxes = dets["boxes"][order].float().cpu()
+    scores = dets["scores"][order].float().cpu()
+    classes = dets["classes"][order].cpu()
+    masks = dets["masks"][order].cpu().numpy()
+    results = []
+    for box, score, cls, mask in zip(boxes.tolist(), scores.tolist(), classes.tolist(), masks):
+        x1, y1, x2, y2 = box
+        results.append({
+            "image_id": image_id,
+            "category_id": category_id(int(cls)),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": score,
+            "segmentation": encode_mask(mask),
+        })
+    return results
+
+
+def _quiet_coco(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO index over ``dataset``, without its progress prints."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_ap(
+    gt: dict[str, Any], results: list[dict[str, Any]], iou_type: IouType, image_ids: Sequence[int] | None = None
+) -> dict[str, float]:
+    """COCOeval summary statistics of ``results`` against the ground truth ``gt``.
+
+    Args:
+        gt: a COCO dataset dict (``images``, ``annotations``, ``categories``).
+        results: entries as made by ``detections_to_coco``; the key ``iou_type`` does not
+            use is dropped, so that a detection's ``area`` (which decides its small/medium/
+            large range) comes from the mask for ``segm`` and from the box for ``bbox``.
+        iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU).
+        image_ids: the images to evaluate; all of ``gt``'s when None. Ground truth of the
+            other images is ignored, so a subset is scored as if it were the whole split.
+
+    Returns:
+        dict[str, float]: AP, AP50, AP75, APs, APm, APl, each x 100 (0 when there are no
+        detections); NaN where COCO leaves a value undefined (-1: no ground truth in that
+        area range).
+    """
+    gt_coco = _quiet_coco(gt)
+    drop = "segmentation" if iou_type == "bbox" else "bbox"
+    kept = [{k: v for k, v in r.items() if k != drop} for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        if kept:
+            dt_coco = gt_coco.loadRes(kept)
+        else:
+            # loadRes indexes results[0]; an empty result set is an index of no annotations.
+            dt_coco = _quiet_coco({"images": gt["images"], "categories": gt["categories"], "annotations": []})
+        evaluator = COCOeval(gt_coco, dt_coco, iou_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: (math.nan if v < 0 else float(v) * 100) for name, v in zip(STAT_NAMES, evaluator.stats)}
+
+
+def evaluate(
+    model: nn.Module,
+    target: TargetSpec | str,
+    split_path: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 4,
+    run_raw: RunRaw | None = None,
+) -> AccuracyResult:
+    """COCO box and mask AP of ``model`` run on ``target`` over a split.
+
+    Each batch is preprocessed on the CPU, run by ``run_raw`` (default: ``run_eager`` on
+    ``target``), and post-processed on the host in float32 by the CPU model, so only the
+    raw network differs between targets.
+
+    Args:
+        model: a BlendMask on the CPU, eval mode.
+        target: the target spec; it names the result and, without ``run_raw``, runs the model.
+        split_path: a split directory (``ensure_split``); the cached evaluation split when None.
+        limit: evaluate only the first ``limit`` images (by image id); all when None.
+        batch_size: images per ``run_raw`` call.
+        run_raw: ``batch Tensor[N, 3, H, W] -> raw dict`` replacing the eager run, for
+            targets ``run_eager`` does not run (ONNX Runtime, .om) and for tests.
+
+    Raises:
+        ValueError: a bad target spec, or one that cannot run on this machine (the reason).
+    """
+    spec = parse_target(target) if isinstance(target, str) else target
+    if run_raw is None:
+        reason = availability(spec)
+        if reason is not None:
+            raise ValueError(f"target {spec.id} cannot run here: {reason}")
+        run_raw = partial(run_eager, model, spec=spec)
+    split = load_split(split_path if split_path is not None else ensure_split())
+    images = sorted(split.coco["images"], key=lambda im: im["id"])[:limit]
+    paths = split.image_paths[: len(images)]
+
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        chunk = slice(first, first + batch_size)
+        tensors = [torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in paths[chunk]]
+        batch, sizes = model.preprocess(tensors)
+        raw = {name: t.float().cpu() for name, t in run_raw(batch).items()}
+        for image, dets in zip(images[chunk], model.postprocess(raw, sizes)):
+            results += detections_to_coco(dets, image["id"])
+    seconds = time.perf_counter() - start
+
+    image_ids = [im["id"] for im in images]
+    bbox = coco_ap(split.coco, results, "bbox", image_ids)
+    segm = coco_ap(split.coco, results, "segm", image_ids)
+    return AccuracyResult(
+        target=spec.id,
+        num_images=len(images),
+        bbox_AP=bbox["AP"],
+        bbox_AP50=bbox["AP50"],
+        bbox_AP75=bbox["AP75"],
+        segm_AP=segm["AP"],
+        segm_AP50=segm["AP50"],
+        segm_AP75=segm["AP75"],
+        seconds=seconds,
+    )

@@ -1,0 +1,399 @@
+"""DumpCollector: record every module's output during one forward, in execution order.
+
+Naming. An entry is named after the module's qualified name (``named_modules``). A module
+called more than once in the forward (the FCOS head and ``top_layer`` run once per FPN
+level) gets ``name#k`` for its k-th call, k from 0; a module called once keeps the plain
+name. Tuple/list outputs are flattened with ``.i`` suffixes and dict outputs with ``.key``,
+recursively: the FCOS head's third call yields ``proposal_generator.fcos_head#2.0`` (logits)
+to ``...#2.3``. Only floating-point tensors are recorded; None, ints and integer/bool
+tensors (indices, masks) are skipped. The golden and target runs must execute the same
+Python control flow for names to line up (msprobe has the same rule).
+
+Order. Entries are in the order the modules *finished*, which is when their outputs
+exist: a child comes before the module that contains it, so the first entry that differs
+from the reference points at the innermost module that introduced the difference.
+
+Root. The model passed in is not recorded unless ``include_root=True`` (msprobe does not
+dump it either); it is then named ``<root>``. Its hooks only fire when the model is
+*called*: ``model.forward_raw(x)`` is a plain method, so its outputs are recorded through
+the submodules that produce them (``basis_module``, ``proposal_generator.fcos_head#k``,
+``top_layer#k``).
+
+Modes. ``full`` keeps a CPU float32 copy of every output (exact for fp16/bf16), whose
+statistics are computed when first asked for; ``stats`` keeps only max/min/mean/L2 norm,
+computed on the output's device in float32 and fetched once when the forward ends, so
+big models fit. A module that returns an unchanged tensor already recorded
+(``Conv2dNorm`` returns its norm's output, a ``Sequential`` its last child's) shares that
+entry's copy instead of making another one: unchanged means the same tensor object with
+the same version counter or, for inference tensors which have none, the same contents.
+Sharing halves the work of comparing a whole R_50 forward (342 entries, 246 tensors).
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import math
+import re
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Mode = Literal["full", "stats"]
+MODES = ("full", "stats")
+ROOT_NAME = "<root>"
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "pytest-blendmask-dump"
+INDEX_VERSION = 1
+
+_UNSAFE_FILENAME = re.compile(r"[^\w.#-]+")
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """msprobe's summary of one tensor: Max, Min, Mean and L2 Norm (NaN for an empty tensor)."""
+
+    max: float
+    min: float
+    mean: float
+    norm: float
+
+
+@dataclass(frozen=True)
+class DumpEntry:
+    """One recorded output tensor.
+
+    ``name`` is the entry's key in the dump (module doc); ``module``, ``call`` and
+    ``output`` are its parts: the qualified module name, the 0-based call index and the
+    flattening suffix ("" for a module returning a single tensor). ``dtype`` is the
+    tensor's original dtype, e.g. ``torch.float16``. ``data`` is the CPU float32 copy,
+    None in ``stats`` mode.
+    """
+
+    name: str
+    module: str
+    module_type: str
+    call: int
+    output: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: Tensor | None = field(repr=False, compare=False)
+    recorded_stats: TensorStats | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def stats(self) -> TensorStats:
+        """Max/min/mean/L2 norm: recorded in ``stats`` mode, computed from ``data`` on first use
+        in ``full`` mode (not during the forward, where it would cost time for nothing)."""
+        if self.recorded_stats is not None:
+            return self.recorded_stats
+        return _stats(_stats_tensor(self.data).tolist(), self.data.numel())
+
+
+@dataclass(frozen=True)
+class Dump:
+    """The entries of one forward, in execution order."""
+
+    mode: Mode
+    entries: tuple[DumpEntry, ...]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[DumpEntry]:
+        return iter(self.entries)
+
+    def names(self) -> list[str]:
+        return [entry.name for entry in self.entries]
+
+    def by_name(self) -> dict[str, DumpEntry]:
+        return {entry.name: entry for entry in self.entries}
+
+    def save(self, directory: Path | str) -> Path:
+        """Write ``index.json`` and one ``.npy`` per distinct tensor; returns the index path.
+
+        Entries that share a copy (module doc) share a file. ``stats`` dumps write the
+        index only.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files: dict[int, str] = {}
+        rows = []
+        for entry in self.entries:
+            row = {k: v for k, v in asdict(entry).items() if k not in ("data", "recorded_stats")}
+            row["stats"] = asdict(entry.stats)
+            if entry.data is not None:
+                if id(entry.data) not in files:
+                    filename = f"{len(files):04d}_{_UNSAFE_FILENAME.sub('_', entry.name)}.npy"
+                    np.save(directory / filename, entry.data.numpy())
+                    files[id(entry.data)] = filename
+                row["file"] = files[id(entry.data)]
+            rows.append(row)
+        index = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "mode": self.mode, "entries": rows}
+        path = directory / INDEX_FILE
+        path.write_text(json.dumps(index, indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path | str) -> Dump:
+        """Read a dump written by ``save``; entries that shared a file share a tensor again."""
+        path = Path(directory) / INDEX_FILE
+        index = json.loads(path.read_text(encoding="utf-8"))
+        if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
+            raise ValueError(
+                f"{path}: not a {INDEX_FORMAT} index version {INDEX_VERSION} "
+                f"(format {index.get('format')!r}, version {index.get('version')!r})"
+            )
+        tensors: dict[str, Tensor] = {}
+        entries = []
+        for row in index["entries"]:
+            filename = row.pop("file", None)
+            if filename is not None and filename not in tensors:
+                tensors[filename] = torch.from_numpy(np.load(path.parent / filename))
+            stats, shape = TensorStats(**row.pop("stats")), tuple(row.pop("shape"))
+            data = tensors.get(filename) if filename is not None else None
+            entries.append(DumpEntry(**row, shape=shape, data=data, recorded_stats=stats))
+        return cls(index["mode"], tuple(entries))
+
+
+def flatten_output(output: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """(suffix, tensor) for every floating-point tensor in a nested output, in order."""
+    if isinstance(output, Tensor):
+        if output.is_floating_point():
+            yield prefix, output
+    elif isinstance(output, (list, tuple)):
+        for i, item in enumerate(output):
+            yield from flatten_output(item, f"{prefix}.{i}" if prefix else str(i))
+    elif isinstance(output, Mapping):
+        for key, item in output.items():
+            yield from flatten_output(item, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _cpu_float32_copy(t: Tensor) -> Tensor:
+    """A CPU float32 copy of ``t``, exact for float16/bfloat16.
+
+    Host-side copies go through numpy: on a busy 2-core machine torch's CPU copy and cast
+    kernels were measured 15x slower than numpy's (their OpenMP threads wait on each other),
+    which alone broke the full-dump budget.
+    """
+    if t.device.type != "cpu":
+        return t.to("cpu", torch.float32)  # the transfer makes the copy
+    if t.dtype == torch.bfloat16:
+        # bfloat16 is the upper half of a float32: widen by shifting the bits into place.
+        bits = t.view(torch.int16).numpy().astype(np.int32) << 16
+        return torch.from_numpy(bits.view(np.float32))
+    return torch.from_numpy(t.numpy().astype(np.float32))  # astype always copies
+
+
+def _same_contents(copy: Tensor, t: Tensor) -> bool:
+    """Whether ``t`` still holds the values of its earlier ``copy`` (NaN counts as changed).
+
+    Cheaper than keeping a second copy, and than comparing that copy again later; a CPU
+    float32 tensor is compared without converting it first.
+    """
+    current = t if t.device.type == "cpu" and t.dtype == torch.float32 else _cpu_float32_copy(t)
+    return np.array_equal(copy.numpy(), current.numpy())
+
+
+def _stats_tensor(t: Tensor) -> Tensor:
+    """[max, min, sum, sum of squares] as a float32 tensor on ``t``'s device (no host sync).
+
+    ``_stats`` turns the sums into mean and L2 norm once they are on the host. float32
+    accumulation: a float16 sum of squares overflows at 65504.
+    """
+    if t.numel() == 0:
+        return torch.full((4,), float("nan"), device=t.device)
+    lo, hi = torch.aminmax(t)
+    if t.dtype == torch.float32:
+        flat = t.reshape(-1)
+        # dot is a single pass; vector_norm(dtype=float32) is kept for narrower dtypes.
+        return torch.stack((hi, lo, flat.sum(), torch.dot(flat, flat)))
+    squares = torch.linalg.vector_norm(t, dtype=torch.float32) ** 2
+    return torch.stack((hi.float(), lo.float(), t.sum(dtype=torch.float32), squares))
+
+
+def _stats(row: list[float], numel: int) -> TensorStats:
+    high, low, total, squares = row
+    if numel == 0:
+        return TensorStats(high, low, total, squares)  # all NaN
+    return TensorStats(high, low, total / numel, squares**0.5)
+
+
+@dataclass
+class _Seen:
+    """The last payload recorded for one tensor object, to share it when the tensor recurs."""
+
+    ref: weakref.ref
+    version: int | None  # None for inference tensors, which have no version counter
+    payload: Tensor
+
+
+@dataclass(frozen=True)
+class _Record:
+    module: str
+    module_type: str
+    call: int
+    output: str
+    dtype: str
+    shape: tuple[int, ...]
+    payload: Tensor  # full: CPU float32 copy; stats: the 4-vector of _stats_tensor
+
+
+class DumpCollector:
+    """Forward hooks that record module outputs while the ``with`` block runs.
+
+    Example::
+
+        collector = DumpCollector(model, mode="full", exclude=["*.relu"])
+        with collector, torch.inference_mode():
+            model.forward_raw(batch)
+        dump = collector.dump
+
+    Args:
+        model: the module whose submodules are hooked.
+        mode: ``full`` or ``stats`` (module doc).
+        include: fnmatch patterns on qualified module names; a module is hooked if it
+            matches one of them and none of ``exclude``.
+        exclude: fnmatch patterns of modules to skip.
+        include_root: also record ``model`` itself, as ``<root>`` (module doc).
+
+    The hooks are removed when the block exits, also when the forward raises; ``dump``
+    then holds what was recorded up to the error.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: Mode = "full",
+        include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+        include_root: bool = False,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {', '.join(MODES)}; got {mode!r}")
+        self.model = model
+        self.mode: Mode = mode
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self.include_root = include_root
+        self._dump: Dump | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._records: list[_Record] = []
+        self._calls: Counter[str] = Counter()
+        self._seen: dict[int, _Seen] = {}
+
+    def selected_modules(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) pairs that will be hooked, in ``named_modules`` order.
+
+        Raises:
+            ValueError: an include pattern matches no module (a typo would otherwise
+                silently record nothing).
+        """
+        named = [(name or ROOT_NAME, module) for name, module in self.model.named_modules()]
+        if not self.include_root:
+            named = named[1:]
+        for pattern in self.include:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in named):
+                raise ValueError(f"include pattern {pattern!r} matches no module of {type(self.model).__name__}")
+        return [
+            (name, module)
+            for name, module in named
+            if any(fnmatch.fnmatchcase(name, p) for p in self.include)
+            and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        ]
+
+    @property
+    def dump(self) -> Dump:
+        """The dump of the last completed ``with`` block."""
+        if self._dump is None:
+            raise RuntimeError("no dump yet: run the forward inside `with collector:` first")
+        return self._dump
+
+    def __enter__(self) -> DumpCollector:
+        self._records, self._calls, self._seen = [], Counter(), {}
+        self._handles = [
+            module.register_forward_hook(self._hook_for(name)) for name, module in self.selected_modules()
+        ]
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._seen = {}
+        self._dump = self._finish()
+
+    def _hook_for(self, name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            call = self._calls[name]
+            self._calls[name] += 1
+            for suffix, tensor in flatten_output(output):
+                self._records.append(
+                    _Record(
+                        name, type(module).__name__, call, suffix, str(tensor.dtype), tuple(tensor.shape),
+                        self._capture(tensor),
+                    )
+                )
+
+        return hook
+
+    def _capture(self, t: Tensor) -> Tensor:
+        """The payload of ``t``, shared with an earlier record when ``t`` is unchanged since.
+
+        ``t`` is the module's own output object (not a ``detach()``-ed one, which would be
+        a new object every time), so identity tells when a parent returns its child's output.
+        """
+        version = None if t.is_inference() else t._version
+        seen = self._seen.get(id(t))
+        same_object = seen is not None and seen.ref() is t
+        if same_object and version is not None and seen.version == version:
+            return seen.payload
+        data = t.detach() if t.requires_grad else t  # requires_grad only outside no_grad
+        if self.mode == "stats":
+            payload = _stats_tensor(data)
+        elif same_object and version is None and _same_contents(seen.payload, data):
+            return seen.payload
+        else:
+            payload = _cpu_float32_copy(data)
+        self._seen[id(t)] = _Seen(weakref.ref(t), version, payload)
+        return payload
+
+    def _finish(self) -> Dump:
+        full = self.mode == "full"
+        stats: dict[int, TensorStats] = {}
+        if not full:
+            # One device-to-host transfer for all statistics, after the forward.
+            distinct = {id(r.payload): r for r in self._records}
+            rows = torch.stack([r.payload for r in distinct.values()]).cpu().tolist() if distinct else []
+            stats = {key: _stats(row, math.prod(r.shape)) for (key, r), row in zip(distinct.items(), rows)}
+        return Dump(
+            self.mode,
+            tuple(
+                DumpEntry(
+                    name=_entry_name(r, self._calls[r.module]),
+                    module=r.module,
+                    module_type=r.module_type,
+                    call=r.call,
+                    output=r.output,
+                    dtype=r.dtype,
+                    shape=r.shape,
+                    data=r.payload if full else None,
+                    recorded_stats=None if full else stats[id(r.payload)],
+                )
+                for r in self._records
+            ),
+        )
+
+
+def _entry_name(record: _Record, calls: int) -> str:
+    base = record.module if calls == 1 else f"{record.module}#{record.call}"
+    return f"{base}.{record.output}" if record.output else base
