@@ -6,8 +6,8 @@ torch and the model are imported inside the fixtures, so that loading the plugin
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,23 +15,19 @@ import pytest
 
 from pytest_blendmask.placement import pin_target, worker_device
 from pytest_blendmask.report.record import record
-from pytest_blendmask.settings import SEED, Settings, thresholds_path, weights_path
+from pytest_blendmask.precision.thresholds import Thresholds
+from pytest_blendmask.settings import SEED, Settings, weights_path
 from pytest_blendmask.targets import TargetSpec, auto_targets, availability, probe_torch_npu
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     import torch
 
     from pytest_blendmask.perf.grid import GridPoint, GridSpec
     from pytest_blendmask.perf.ladder import PerfPoint
 
 settings_key = pytest.StashKey[Settings]()
+thresholds_key = pytest.StashKey[Thresholds]()
 targets_key = pytest.StashKey["list[TargetSpec]"]()
 
 SAMPLE_IMAGES = 2  # two images, so that code mixing up per-image results shows it
@@ -119,26 +115,25 @@ def dut_target(request: pytest.FixtureRequest) -> TargetSpec:
 
 @pytest.fixture(scope="session")
 def sample_batch(blendmask_model: Any, bm_settings: Settings) -> SampleBatch:
-    """Deterministic synthetic BGR images at --bm-input-size, preprocessed by the model."""
+    """Deterministic synthetic shape images (BGR) at --bm-input-size, preprocessed by the model."""
     import torch
 
+    from pytest_blendmask.data import EVAL_SEED, generate_sample
     from pytest_blendmask.model import get_config
 
     height, width = bm_settings.input_size or (get_config(bm_settings.model).input_size,) * 2
-    generator = torch.Generator().manual_seed(SEED)
-    # Blocky images (8x8-pixel tiles) rather than per-pixel noise: edges and flat areas
-    # give activations closer to real photographs.
-    tiles = torch.randint(0, 256, (SAMPLE_IMAGES, 3, height // 8, width // 8), generator=generator, dtype=torch.uint8)
-    images = list(tiles.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3))
+    # Images of the evaluation distribution, so that a trained model detects something and
+    # the detection gates have pairs to compare.
+    samples = [generate_sample(EVAL_SEED, index, height, width) for index in range(SAMPLE_IMAGES)]
+    images = [torch.from_numpy(s.image).permute(2, 0, 1).contiguous() for s in samples]
     tensor, image_sizes = blendmask_model.preprocess(images)
     return SampleBatch(images, tensor, image_sizes)
 
 
 @pytest.fixture(scope="session")
-def thresholds(bm_settings: Settings) -> dict[str, Any]:
-    """The thresholds TOML (--bm-thresholds, else the packaged default) as a dict; {} if neither exists."""
-    path = thresholds_path(bm_settings)
-    return tomllib.loads(path.read_text(encoding="utf-8")) if path else {}
+def thresholds(pytestconfig: pytest.Config) -> Thresholds:
+    """The validated thresholds (--bm-thresholds, else the packaged default)."""
+    return pytestconfig.stash[thresholds_key]
 
 
 @pytest.fixture
@@ -191,3 +186,75 @@ def perf_points(bm_settings: Settings, perf_grid: GridSpec) -> Iterator[list[Per
     if any(point.measured for point in points):
         context = {"grid": perf_grid.name, "host": host_conditions()}
         write_perf_report(bm_settings.report_dir / PERF_REPORT_FILE, points, context)
+
+
+@pytest.fixture
+def dump_collector(bm_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Factory ``dump_collector(model, mode="full"|"stats", include=..., exclude=...)``; dumps persist to --bm-dump-dir."""
+    from pytest_blendmask.precision.dump import DumpCollector
+
+    made: list[DumpCollector] = []
+
+    def make(model: torch.nn.Module, **kwargs: Any) -> DumpCollector:
+        made.append(DumpCollector(model, **kwargs))
+        return made[-1]
+
+    yield make
+    if bm_settings.dump_dir is not None:
+        test_dir = bm_settings.dump_dir / re.sub(r"[^\w.-]+", "_", request.node.name)
+        for index, collector in enumerate(made):
+            collector.dump.save(test_dir / str(index))
+
+
+@pytest.fixture(scope="session")
+def onnx_model(blendmask_model: Any, sample_batch: SampleBatch) -> Any:
+    """The raw network exported to ONNX (opset 11, batch 1, checked; cached by weights, config and opset)."""
+    from pytest_blendmask.atc.export import export_onnx
+
+    return export_onnx(blendmask_model, tuple(sample_batch.tensor.shape[-2:]), opset=11)
+
+
+@pytest.fixture(scope="session")
+def compiled_om(onnx_model: Any, bm_settings: Settings) -> Any:
+    """The ONNX model compiled by ATC for --bm-soc-version (allow_fp32_to_fp16); skips where there is no atc."""
+    from pytest_blendmask.atc.atc import AtcOptions, compile_om
+
+    reason = availability(TargetSpec("om", None))
+    if reason is not None:
+        pytest.skip(reason)
+    options = AtcOptions(bm_settings.soc_version, precision_mode="allow_fp32_to_fp16")
+    result = compile_om(onnx_model.path, onnx_model.path.with_suffix(""), tuple(onnx_model.input_shape[2:]), options)
+    result.raise_for_failure()
+    return result
+
+
+@pytest.fixture(scope="session")
+def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings: Settings) -> Callable[[TargetSpec], Any]:
+    """``compiled_target(spec)`` -> batch -> raw tensors for an ``ort*``/``om`` target, exported and compiled once."""
+    from pytest_blendmask.runners import compiled_runner
+
+    cache: dict[str, Any] = {}
+
+    def get(spec: TargetSpec) -> Any:
+        if spec.id not in cache:
+            hw = tuple(sample_batch.tensor.shape[-2:])
+            cache[spec.id] = compiled_runner(spec, blendmask_model, hw, bm_settings.soc_version)
+        return cache[spec.id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def target_run(blendmask_model: Any, sample_batch: SampleBatch, compiled_target: Callable[[TargetSpec], Any]) -> Callable[[TargetSpec], Any]:
+    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target."""
+    from pytest_blendmask.runners import run_target
+
+    cache: dict[str, Any] = {}
+
+    def run(spec: TargetSpec) -> Any:
+        if spec.id not in cache:
+            compiled = None if spec.kind == "eager" else compiled_target(spec)
+            cache[spec.id] = run_target(spec, blendmask_model, sample_batch.tensor, sample_batch.image_sizes, compiled)
+        return cache[spec.id]
+
+    return run

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_blendmask.fixtures import chosen_targets, settings_key
+from pytest_blendmask.fixtures import chosen_targets, settings_key, thresholds_key
 from pytest_blendmask.placement import group_perf_items, tag_items
 from pytest_blendmask.report.controller import register_report_hooks
-from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings
+from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings, resolve_thresholds
 from pytest_blendmask.targets import TargetSpec, availability, describe_targets
 
 MARKERS = {
@@ -51,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     config.stash[settings_key] = resolve_settings(config)
+    config.stash[thresholds_key] = resolve_thresholds(config.stash[settings_key])
     register_report_hooks(config)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_blendmask.perf.grid import GRID_NAMES
+from pytest_blendmask.precision.thresholds import Thresholds, ThresholdsError, load_thresholds
 from pytest_blendmask.report.record import FAMILIES
 from pytest_blendmask.targets import TARGET_FORMS, TargetSpec, parse_device, parse_target
 
@@ -27,7 +28,7 @@ from pytest_blendmask.targets import TARGET_FORMS, TargetSpec, parse_device, par
 # model package loads torch, which `pytest --help` must not do.
 MODEL_NAMES = ("lite", "R_50", "R_101", "R_101_dcni3")
 SEED = 0  # model initialisation and synthetic inputs
-THRESHOLDS_FILE = "thresholds_default.toml"
+THRESHOLDS_FILE = "precision/thresholds_default.toml"
 SIZE_DIVISOR = 32  # the FPN's coarsest backbone stride: inputs are padded to a multiple of it
 
 # What --bm-require can demand: a test family (marker) or an accelerator type.
@@ -281,6 +282,14 @@ def weights_path(settings: Settings) -> Path | None:
 def thresholds_path(settings: Settings) -> Path | None:
     """The thresholds file: --bm-thresholds, else the packaged default, else None."""
     return settings.thresholds or packaged_file(THRESHOLDS_FILE)
+
+
+def resolve_thresholds(settings: Settings) -> Thresholds:
+    """The validated thresholds of the session; a bad file is a usage error naming file and key."""
+    try:
+        return load_thresholds(settings.thresholds)
+    except ThresholdsError as exc:
+        raise pytest.UsageError(f"--bm-thresholds: {exc}") from None
 
 
 def describe_settings(settings: Settings) -> list[str]:

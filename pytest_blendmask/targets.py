@@ -245,18 +245,30 @@ def autocast(device_type: str, dtype: Dtype) -> contextlib.AbstractContextManage
     return torch.autocast(device_type, dtype=getattr(torch, _AUTOCAST_DTYPES[dtype]))
 
 
-def run_eager(model: torch.nn.Module, batch: torch.Tensor, spec: TargetSpec) -> dict[str, torch.Tensor]:
-    """Run ``model.forward_raw`` on an eager target; raw tensors come back float32 on the CPU.
+def to_device(model: torch.nn.Module, spec: TargetSpec) -> torch.nn.Module:
+    """A copy of ``model`` on the eager target's device, in eval mode.
 
     The model is copied before it is moved, so the session's reference model stays on the
-    CPU in float32. fp16/bf16 run under ``autocast``.
+    CPU in float32.
     """
     import torch
 
     if spec.kind != "eager":
         raise ValueError(f"run_eager runs eager targets only, got {spec.id}")
+    return copy.deepcopy(model).to(torch.device(spec.device)).eval()
+
+
+def forward_on_target(device_model: torch.nn.Module, batch: torch.Tensor, spec: TargetSpec) -> dict[str, torch.Tensor]:
+    """``forward_raw`` of a model already on the target's device, under the target's autocast;
+    raw tensors come back float32 on the CPU."""
+    import torch
+
     device = torch.device(spec.device)
-    dut = copy.deepcopy(model).to(device).eval()
     with torch.inference_mode(), autocast(device.type, spec.dtype):
-        raw = dut.forward_raw(batch.to(device))
+        raw = device_model.forward_raw(batch.to(device))
     return {name: tensor.float().cpu() for name, tensor in raw.items()}
+
+
+def run_eager(model: torch.nn.Module, batch: torch.Tensor, spec: TargetSpec) -> dict[str, torch.Tensor]:
+    """Run ``model.forward_raw`` on an eager target (fp16/bf16 under ``autocast``)."""
+    return forward_on_target(to_device(model, spec), batch, spec)

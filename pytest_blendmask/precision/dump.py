@@ -397,3 +397,13 @@ class DumpCollector:
 def _entry_name(record: _Record, calls: int) -> str:
     base = record.module if calls == 1 else f"{record.module}#{record.call}"
     return f"{base}.{record.output}" if record.output else base
+
+
+def dump_from_outputs(outputs: dict[str, Tensor]) -> Dump:
+    """A ``full`` dump of named graph outputs, for targets whose layers cannot be hooked
+    (ONNX Runtime, .om): each output is one entry, in the order given."""
+    entries = tuple(
+        DumpEntry(name, name, "GraphOutput", 0, "", str(t.dtype), tuple(t.shape), t.detach().float().cpu())
+        for name, t in outputs.items()
+    )
+    return Dump("full", entries)
