@@ -1,0 +1,120 @@
+"""The perf grid (batch size x input size x dtype x norm x serial/streams) and the floors checked on it.
+
+One test per grid point times the model alone and end to end (``pytest_blendmask.perf``);
+everything measured lands in ``benchmark.extra_info`` (so in ``--benchmark-json``), in a
+record for the report, and in ``perf_points``, from which the ladder JSON is written at
+session end. The gate tests come after the grid in this module, so pytest runs them once
+every point has been measured.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from pytest_blendmask.fixtures import perf_grid_points
+from pytest_blendmask.model import CONFIG_NAMES, build_model
+from pytest_blendmask.perf.grid import GridPoint, GridSpec, skip_reason
+from pytest_blendmask.perf.ladder import PerfPoint, gate_points
+from pytest_blendmask.perf.timing import host_conditions, measure
+from pytest_blendmask.perf.workload import build_workload, synthetic_jpegs
+from pytest_blendmask.placement import pin_target
+from pytest_blendmask.precision.thresholds import Thresholds
+from pytest_blendmask.settings import SEED, Settings
+
+pytestmark = pytest.mark.perf
+
+WEIGHTS_NOTE = (
+    f"random init (seed {SEED}): speed does not depend on weight values, except that postprocess "
+    "handles however many detections pass the score threshold (few with random weights)"
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    points = perf_grid_points(metafunc.config)
+    if "grid_point" in metafunc.fixturenames:
+        metafunc.parametrize("grid_point", points, ids=[p.id for p in points])
+    if "gate_target" in metafunc.fixturenames:
+        metafunc.parametrize("gate_target", list(dict.fromkeys(p.target.id for p in points)))
+
+
+def test_grid_point(
+    grid_point: GridPoint,
+    benchmark: Any,
+    perf_grid: GridSpec,
+    perf_points: list[PerfPoint],
+    bm_settings: Settings,
+    bm_worker_device: str | None,
+    bm_record: Callable[..., Any],
+) -> None:
+    model_name = bm_settings.model
+    reason = skip_reason(grid_point)
+    if reason is None and model_name not in CONFIG_NAMES:
+        reason = f"the norm axis needs a named config; {model_name} is a module:factory model"
+    if reason is not None:
+        perf_points.append(PerfPoint(model_name, grid_point, skip_reason=reason))
+        pytest.skip(reason)
+
+    target = pin_target(grid_point.target, bm_worker_device)
+    device = torch.device(target.device)
+    model = build_model(model_name, norm=grid_point.norm, seed=SEED).to(device).eval()
+    encoded = synthetic_jpegs(grid_point.batch_size, grid_point.input_size)
+    work = build_workload(model, encoded, grid_point.input_size, device, grid_point.dtype, grid_point.mode == "streams")
+    measured = measure(
+        benchmark, work.model_only, work.end_to_end, device, batch_size=grid_point.batch_size,
+        warmup_rounds=perf_grid.warmup_rounds, rounds=perf_grid.rounds, e2e_rounds=perf_grid.e2e_rounds,
+    )
+    if measured is None:
+        pytest.skip("pytest-benchmark is disabled (--benchmark-disable, or xdist): nothing was timed")
+
+    h, w = grid_point.input_size
+    benchmark.group = f"{target.id} {h}x{w} bs{grid_point.batch_size}"
+    context = {
+        "model": model_name, "target": target.id, "device": target.device, "dtype": grid_point.dtype,
+        "norm": grid_point.norm, "mode": grid_point.mode, "input_size": [h, w], "grid": perf_grid.name,
+        "weights": WEIGHTS_NOTE,
+    }
+    benchmark.extra_info.update(context, **measured.extra_info(), **host_conditions())
+    perf_points.append(PerfPoint(
+        model_name, grid_point, throughput_ips=measured.throughput_ips,
+        throughput_p50_ips=measured.throughput_p50_ips, latency_p50_ms=measured.model.p50_ms,
+        latency_p99_ms=measured.model.p99_ms, e2e_throughput_ips=measured.e2e_throughput_ips,
+    ))
+    # Informational (no limit): one point of the report's latency-against-batch plot per configuration.
+    bm_record(
+        "perf", target.id, f"latency_p50 {grid_point.norm} {grid_point.mode} {h}x{w}", measured.model.p50_ms, None,
+        "ms", True, batch_size=grid_point.batch_size, throughput_ips=measured.throughput_ips,
+        e2e_throughput_ips=measured.e2e_throughput_ips, first_inference_s=measured.first_inference_s,
+    )
+
+
+def test_perf_floors(
+    gate_target: str, perf_points: list[PerfPoint], thresholds: Thresholds, bm_record: Callable[..., Any]
+) -> None:
+    """The best measured configuration of each target against its [perf] floors and ceilings."""
+    best = gate_points(perf_points, gate_target)
+    if best.throughput is None:
+        pytest.skip(f"no grid point of {gate_target} was measured (all skipped, deselected or not benchmarked)")
+    floors = thresholds.perf_for(gate_target)
+    checks = [("throughput", best.throughput, best.throughput.throughput_ips, floors.min_throughput_ips, "img/s", ">=")]
+    if best.latency is not None:
+        checks += [
+            ("latency_p50", best.latency, best.latency.latency_p50_ms, floors.max_latency_p50_ms, "ms", "<="),
+            ("latency_p99", best.latency, best.latency.latency_p99_ms, floors.max_latency_p99_ms, "ms", "<="),
+        ]
+    failures = []
+    for metric, point, value, limit, unit, op in checks:
+        passed = value >= limit if op == ">=" else value <= limit
+        # Record every verdict before failing, so the report shows all three.
+        try:
+            bm_record(
+                "perf", gate_target, metric, value, limit, unit, passed, op=op, config=point.point.id,
+                detail=f"{metric} of {point.point.id}: {value:.4g} {unit}, limit {op} {limit:g} "
+                       f"(thresholds {thresholds.path.name})",
+            )
+        except AssertionError as exc:
+            failures.append(str(exc))
+    if failures:
+        pytest.fail("; ".join(failures))

@@ -1,0 +1,62 @@
+"""A profile of each eager target: top-10 operators by self time, host and AI CPU fallbacks, trace on disk.
+
+The profiled call is a forward and the device-side postprocess at batch 1, at the grid's
+first input size, in the target's dtype: seed 001's fallbacks (``torchvision::nms``,
+``roi_align``) live in the postprocess. Fallbacks are recorded for the report, not failed:
+whether a fallback is acceptable is the porting engineer's call, and the list says where to look.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from pytest_blendmask.model import build_model
+from pytest_blendmask.perf.grid import GridSpec
+from pytest_blendmask.perf.profile import profile_callable, write_summary
+from pytest_blendmask.perf.workload import build_workload, synthetic_jpegs
+from pytest_blendmask.settings import SEED, Settings
+from pytest_blendmask.targets import TargetSpec
+
+pytestmark = pytest.mark.perf
+
+ITERATIONS = 2  # the CPU fp16 target runs ~3 s per lite forward (emulated half precision)
+
+
+def test_profile(
+    dut_target: TargetSpec, perf_grid: GridSpec, bm_settings: Settings, bm_record: Callable[..., Any]
+) -> None:
+    if dut_target.kind != "eager":
+        pytest.skip(f"{dut_target.id}: profiles cover eager PyTorch targets; ONNX Runtime and .om have their own")
+    assert dut_target.device is not None
+    device = torch.device(dut_target.device)
+    size = perf_grid.input_sizes[0]
+    model = build_model(bm_settings.model, seed=SEED).to(device).eval()
+    work = build_workload(model, synthetic_jpegs(1, size), size, device, dut_target.dtype, streams=False)
+
+    def forward_and_postprocess() -> list[dict[str, torch.Tensor]]:
+        with torch.inference_mode():
+            return model.postprocess(work.model_only(), [size], [size])
+
+    out_dir = bm_settings.report_dir / "profiles" / re.sub(r"[^\w.-]", "_", dut_target.id)
+    summary = profile_callable(forward_and_postprocess, device, iterations=ITERATIONS, out_dir=out_dir)
+    write_summary(summary, out_dir)
+    assert summary.top, f"the profile of {dut_target.id} holds no operator"
+
+    h, w = size
+    where = f"{dut_target.id}, {bm_settings.model} {h}x{w} bs1"
+    fallbacks = summary.host_fallbacks
+    bm_record(
+        "perf", dut_target.id, "host_fallback_ops", None if fallbacks is None else len(fallbacks), None, "ops", True,
+        detail=(f"{where}: the CPU is the host; nothing falls back" if fallbacks is None
+                else f"{where}: " + (", ".join(op.name for op in fallbacks) or "none")),
+        top_ops=summary.table, trace=summary.trace,
+    )
+    if summary.ai_cpu is not None:
+        bm_record(
+            "perf", dut_target.id, "ai_cpu_kernels", len(summary.ai_cpu), None, "kernel types", True,
+            detail=f"{where}: " + (", ".join(f"{k.op_type} x{k.calls}" for k in summary.ai_cpu) or "none"),
+        )
