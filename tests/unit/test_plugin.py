@@ -13,8 +13,13 @@ FIXTURE_DOCS = {
     "reference_target": "The golden reference target chosen by --bm-reference*",
     "dut_targets": "All targets under test*",
     "dut_target": "One target under test*",
-    "sample_batch": "Deterministic synthetic BGR images at --bm-input-size*",
-    "thresholds": "The thresholds TOML*",
+    "sample_batch": "Deterministic synthetic shape images (BGR) at --bm-input-size*",
+    "thresholds": "The validated thresholds (--bm-thresholds, else the packaged default).",
+    "dump_collector": "Factory ``dump_collector(model*",
+    "onnx_model": "The raw network exported to ONNX*",
+    "compiled_om": "The ONNX model compiled by ATC*",
+    "compiled_target": "``compiled_target(spec)``*",
+    "target_run": "``target_run(spec)``*",
     "bm_settings": "The validated --bm-* options of this session.",
     "bm_record": "Record a gate's verdict for the reports; fails the test when the verdict is a failure.",
     "bm_worker_device": "The --bm-devices entry this xdist worker is pinned to*",
@@ -129,14 +134,25 @@ def test_dut_target_parametrizes_and_skips_unavailable_with_reason(pytester: pyt
 
 
 def test_thresholds_fixture_loads_the_given_file(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".toml", limits='[precision.fp16]\ncosine_min = 0.99\n')
+    from pytest_blendmask.precision.thresholds import default_thresholds_path
+
+    text = default_thresholds_path().read_text(encoding="utf-8")
+    pytester.makefile(".toml", limits=text.replace("max_box_ap_drop = 3.0", "max_box_ap_drop = 7.5"))
     pytester.makepyfile(
         """
         def test_limits(thresholds):
-            assert thresholds == {"precision": {"fp16": {"cosine_min": 0.99}}}
+            assert thresholds.accuracy["int8"].max_box_ap_drop == 7.5
+            assert thresholds.path.name == "limits.toml"
         """
     )
     pytester.runpytest("--bm-thresholds=limits.toml").assert_outcomes(passed=1)
+
+
+def test_bad_thresholds_file_is_a_usage_error_naming_file_and_key(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", limits="[precision.tensor.fp16]\ncosine_min = 0.99\n")
+    result = pytester.runpytest("--bm-thresholds=limits.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --bm-thresholds: *limits.toml*"])
 
 
 def test_model_and_sample_batch_fixtures(pytester: pytest.Pytester) -> None:
