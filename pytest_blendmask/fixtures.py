@@ -31,6 +31,7 @@ thresholds_key = pytest.StashKey[Thresholds]()
 targets_key = pytest.StashKey["list[TargetSpec]"]()
 
 SAMPLE_IMAGES = 2  # two images, so that code mixing up per-image results shows it
+ACCURACY_IMAGES = 50  # the first 50 of the 200-image evaluation split: AP to about +-1 point, ~1 min per target on 2 cores
 
 
 def chosen_targets(config: pytest.Config) -> list[TargetSpec]:
@@ -240,6 +241,22 @@ def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings
             hw = tuple(sample_batch.tensor.shape[-2:])
             cache[spec.id] = compiled_runner(spec, blendmask_model, hw, bm_settings.soc_version)
         return cache[spec.id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def coco_accuracy(blendmask_model: Any, compiled_target: Callable[[TargetSpec], Any]) -> Callable[..., Any]:
+    """``coco_accuracy(spec, limit=50)`` -> COCO box/mask AP of a target on the evaluation split, computed once per target and limit."""
+    from pytest_blendmask.precision.accuracy import evaluate
+
+    cache: dict[tuple[str, int | None], Any] = {}
+
+    def get(spec: TargetSpec, limit: int | None = ACCURACY_IMAGES) -> Any:
+        if (spec.id, limit) not in cache:
+            run_raw = None if spec.kind == "eager" else compiled_target(spec)
+            cache[spec.id, limit] = evaluate(blendmask_model, spec, limit=limit, run_raw=run_raw)
+        return cache[spec.id, limit]
 
     return get
 

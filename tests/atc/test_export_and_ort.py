@@ -80,8 +80,8 @@ def test_aipp_folded_model_equals_pytorch_preprocessing(blendmask_model, sample_
 
 
 @pytest.fixture(scope="module")
-def fp32_reference_ap(blendmask_model):
-    return evaluate(blendmask_model, parse_target("cpu"), limit=AP_IMAGES)
+def fp32_reference_ap(coco_accuracy):
+    return coco_accuracy(parse_target("cpu"), AP_IMAGES)
 
 
 @pytest.mark.slow
