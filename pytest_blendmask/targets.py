@@ -254,7 +254,7 @@ def to_device(model: torch.nn.Module, spec: TargetSpec) -> torch.nn.Module:
     import torch
 
     if spec.kind != "eager":
-        raise ValueError(f"run_eager runs eager targets only, got {spec.id}")
+        raise ValueError(f"only eager targets run as a PyTorch model on a device, got {spec.id}")
     return copy.deepcopy(model).to(torch.device(spec.device)).eval()
 
 
@@ -268,7 +268,3 @@ def forward_on_target(device_model: torch.nn.Module, batch: torch.Tensor, spec: 
         raw = device_model.forward_raw(batch.to(device))
     return {name: tensor.float().cpu() for name, tensor in raw.items()}
 
-
-def run_eager(model: torch.nn.Module, batch: torch.Tensor, spec: TargetSpec) -> dict[str, torch.Tensor]:
-    """Run ``model.forward_raw`` on an eager target (fp16/bf16 under ``autocast``)."""
-    return forward_on_target(to_device(model, spec), batch, spec)

@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
 from ..data import category_id, encode_mask, ensure_split, load_split, read_image
-from ..targets import TargetSpec, availability, parse_target, run_eager
+from ..targets import TargetSpec, availability, forward_on_target, parse_target, to_device
 
 IouType = Literal["bbox", "segm"]
 RunRaw = Callable[[Tensor], dict[str, Tensor]]
@@ -144,9 +144,9 @@ def evaluate(
 ) -> AccuracyResult:
     """COCO box and mask AP of ``model`` run on ``target`` over a split.
 
-    Each batch is preprocessed on the CPU, run by ``run_raw`` (default: ``run_eager`` on
-    ``target``), and post-processed on the host in float32 by the CPU model, so only the
-    raw network differs between targets.
+    Each batch is preprocessed on the CPU, run by ``run_raw`` (default: a copy of the model
+    on ``target``'s device, under its autocast), and post-processed on the host in float32 by
+    the CPU model, so only the raw network differs between targets.
 
     Args:
         model: a BlendMask on the CPU, eval mode.
@@ -155,7 +155,7 @@ def evaluate(
         limit: evaluate only the first ``limit`` images (by image id); all when None.
         batch_size: images per ``run_raw`` call.
         run_raw: ``batch Tensor[N, 3, H, W] -> raw dict`` replacing the eager run, for
-            targets ``run_eager`` does not run (ONNX Runtime, .om) and for tests.
+            targets that are not eager (ONNX Runtime, .om) and for tests.
 
     Raises:
         ValueError: a bad target spec, or one that cannot run on this machine (the reason).
@@ -165,7 +165,8 @@ def evaluate(
         reason = availability(spec)
         if reason is not None:
             raise ValueError(f"target {spec.id} cannot run here: {reason}")
-        run_raw = partial(run_eager, model, spec=spec)
+        # One copy on the device for the whole split, not one per batch.
+        run_raw = partial(forward_on_target, to_device(model, spec), spec=spec)
     split = load_split(split_path if split_path is not None else ensure_split())
     images = sorted(split.coco["images"], key=lambda im: im["id"])[:limit]
     paths = split.image_paths[: len(images)]

@@ -239,7 +239,7 @@ class _ConvNet(torch.nn.Module):
     ("text", "conv_dtype", "tolerance"),
     [("cpu", torch.float32, 0.0), ("cpu:fp16", torch.float16, 1e-2), ("cpu:bf16", torch.bfloat16, 5e-2)],
 )
-def test_run_eager_autocasts_and_returns_float32(
+def test_forward_on_target_autocasts_and_returns_float32(
     monkeypatch: pytest.MonkeyPatch, text: str, conv_dtype: torch.dtype, tolerance: float
 ) -> None:
     monkeypatch.setattr(_ConvNet, "conv_dtypes", [])
@@ -248,13 +248,14 @@ def test_run_eager_autocasts_and_returns_float32(
     with torch.no_grad():
         expected = model.conv(batch)
 
-    raw = targets.run_eager(model, batch, parse_target(text))
+    spec = parse_target(text)
+    raw = targets.forward_on_target(targets.to_device(model, spec), batch, spec)
 
     assert _ConvNet.conv_dtypes == [conv_dtype]
     assert raw["bases"].dtype == torch.float32 and raw["bases"].device.type == "cpu"
     torch.testing.assert_close(raw["bases"], expected, atol=tolerance, rtol=tolerance)
 
 
-def test_run_eager_refuses_other_kinds() -> None:
-    with pytest.raises(ValueError, match="run_eager runs eager targets only, got ort"):
-        targets.run_eager(_ConvNet(), torch.zeros(1, 3, 8, 8), parse_target("ort"))
+def test_to_device_refuses_other_kinds() -> None:
+    with pytest.raises(ValueError, match="only eager targets run as a PyTorch model on a device, got ort"):
+        targets.to_device(_ConvNet(), parse_target("ort"))
