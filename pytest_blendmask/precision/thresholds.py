@@ -164,10 +164,18 @@ class Thresholds:
     detection: dict[str, DetectionThresholds]
     accuracy: dict[str, AccuracyThresholds]
     perf: dict[str, PerfThresholds]
+    perf_by_model: dict[str, dict[str, PerfThresholds]] = field(default_factory=dict)
 
-    def perf_for(self, target: str) -> PerfThresholds:
-        """The target's own ``[perf."<target>"]`` section, else ``[perf.default]``."""
-        return self.perf.get(target, self.perf[PERF_DEFAULT])
+    def perf_for(self, target: str, model: str | None = None) -> PerfThresholds:
+        """The most specific perf section: ``[perf."<target>".<model>]``, ``[perf."<target>"]``,
+        ``[perf.default.<model>]``, then ``[perf.default]``."""
+        for key in (target, PERF_DEFAULT):
+            by_model = self.perf_by_model.get(key, {})
+            if model in by_model:
+                return by_model[model]
+            if key in self.perf:
+                return self.perf[key]
+        return self.perf[PERF_DEFAULT]
 
 
 FAMILIES: dict[str, type] = {
@@ -280,11 +288,24 @@ def parse_thresholds(document: Mapping[str, Any], path: Path) -> Thresholds:
         }
     perf = reader.table(document, "perf", "perf")
     reader.table(perf, PERF_DEFAULT, f"perf.{PERF_DEFAULT}")
-    perf_sections = {}
+    perf_sections: dict[str, PerfThresholds] = {}
+    perf_by_model: dict[str, dict[str, PerfThresholds]] = {}
     for target in perf:
         at = f"perf.{_toml_key(target)}"
-        perf_sections[target] = reader.section(PerfThresholds, reader.table(perf, target, at), at)
-    return Thresholds(path, families["tensor"], families["detection"], families["accuracy"], perf_sections)
+        table = reader.table(perf, target, at)
+        # Sub-tables are per-model sections; a target table holding only those has no section of its own.
+        models = {key: value for key, value in table.items() if isinstance(value, dict)}
+        numbers = {key: value for key, value in table.items() if key not in models}
+        if numbers or not models:
+            perf_sections[target] = reader.section(PerfThresholds, numbers, at)
+        perf_by_model[target] = {
+            model: reader.section(PerfThresholds, limits, f"{at}.{_toml_key(model)}") for model, limits in models.items()
+        }
+    if PERF_DEFAULT not in perf_sections:
+        reader.section(PerfThresholds, {}, f"perf.{PERF_DEFAULT}")  # raises: names the missing keys
+    return Thresholds(
+        path, families["tensor"], families["detection"], families["accuracy"], perf_sections, perf_by_model
+    )
 
 
 def load_thresholds(path: Path | str | None = None) -> Thresholds:

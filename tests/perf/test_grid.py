@@ -91,13 +91,17 @@ def test_grid_point(
 
 
 def test_perf_floors(
-    gate_target: str, perf_points: list[PerfPoint], thresholds: Thresholds, bm_record: Callable[..., Any]
+    gate_target: str,
+    perf_points: list[PerfPoint],
+    thresholds: Thresholds,
+    bm_settings: Settings,
+    bm_record: Callable[..., Any],
 ) -> None:
     """The best measured configuration of each target against its [perf] floors and ceilings."""
     best = gate_points(perf_points, gate_target)
     if best.throughput is None:
         pytest.skip(f"no grid point of {gate_target} was measured (all skipped, deselected or not benchmarked)")
-    floors = thresholds.perf_for(gate_target)
+    floors = thresholds.perf_for(gate_target, bm_settings.model)
     checks = [("throughput", best.throughput, best.throughput.throughput_ips, floors.min_throughput_ips, "img/s", ">=")]
     if best.latency is not None:
         checks += [

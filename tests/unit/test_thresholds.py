@@ -175,6 +175,28 @@ def test_target_perf_section_is_used_for_its_target(tmp_path):
     assert thresholds.perf_for("cpu").min_throughput_ips == 0
 
 
+def test_perf_section_per_target_and_model_is_the_most_specific(tmp_path):
+    def section(header, ips):
+        return f"\n[{header}]\nmin_throughput_ips = {ips}\nmax_latency_p50_ms = inf\nmax_latency_p99_ms = inf\n"
+
+    text = DEFAULT_TEXT + section('perf."npu:0"', 100) + section('perf."npu:0".R_101', 6.45) + section(
+        'perf."cuda:0".R_50', 40) + section("perf.default.R_50", 1)
+    thresholds = load_thresholds(write(tmp_path, text))
+    assert thresholds.perf_for("npu:0", "R_101").min_throughput_ips == 6.45
+    assert thresholds.perf_for("npu:0", "lite").min_throughput_ips == 100
+    assert thresholds.perf_for("npu:0").min_throughput_ips == 100
+    assert thresholds.perf_for("cuda:0", "R_50").min_throughput_ips == 40
+    # cuda:0 has per-model sections only: other models fall through to the defaults.
+    assert thresholds.perf_for("cuda:0", "R_101").min_throughput_ips == 0
+    assert thresholds.perf_for("cpu", "R_50").min_throughput_ips == 1
+
+
+def test_incomplete_per_model_perf_section_names_its_key(tmp_path):
+    text = DEFAULT_TEXT + '\n[perf."npu:0".R_101]\nmin_throughput_ips = 6.45\n'
+    with pytest.raises(ThresholdsError, match=r'\[perf\."npu:0"\.R_101\] missing key \'max_latency_p50_ms\''):
+        load_thresholds(write(tmp_path, text))
+
+
 @pytest.mark.parametrize(
     "limit, measured, holds, text",
     [
