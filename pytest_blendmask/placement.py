@@ -59,23 +59,29 @@ def device_of(spec: TargetSpec) -> str:
     return _OM_DEVICE
 
 
-def _dut_target(item: pytest.Item) -> TargetSpec | None:
-    """The item's ``dut_target`` parameter (the spec given, before any pinning)."""
+def _item_target(item: pytest.Item) -> TargetSpec | None:
+    """The target the item runs: its ``dut_target`` parameter (the spec given, before any
+    pinning), else the target of its perf ``grid_point`` parameter."""
     callspec = getattr(item, "callspec", None)
-    spec = callspec.params.get("dut_target") if callspec is not None else None
+    if callspec is None:
+        return None
+    spec = callspec.params.get("dut_target")
+    if isinstance(spec, TargetSpec):
+        return spec
+    spec = getattr(callspec.params.get("grid_point"), "target", None)
     return spec if isinstance(spec, TargetSpec) else None
 
 
 def item_device(item: pytest.Item) -> str:
-    """The device of the item's ``dut_target`` parameter, else the CPU."""
-    spec = _dut_target(item)
+    """The device of the item's target (``_item_target``), else the CPU."""
+    spec = _item_target(item)
     return device_of(spec) if spec is not None else _NO_TARGET_DEVICE
 
 
 def item_tags(item: pytest.Item) -> list[str]:
     """The families (markers) and device types this test belongs to, for ``--bm-require``."""
     tags = {mark.name for mark in item.iter_markers() if mark.name in REQUIRE_TAGS}
-    spec = _dut_target(item)
+    spec = _item_target(item)
     if spec is not None:
         tags.add(device_of(spec).split(":")[0])
     if "npu_device" in getattr(item, "fixturenames", ()):

@@ -89,6 +89,7 @@ def test_perf_items_are_grouped_by_device_under_loadgroup(pytester: pytest.Pytes
     items = pytester.getitems(
         """
         import pytest
+        from pytest_blendmask.perf.grid import GridPoint
 
         @pytest.mark.perf
         def test_latency(dut_target):
@@ -96,6 +97,11 @@ def test_perf_items_are_grouped_by_device_under_loadgroup(pytester: pytest.Pytes
 
         @pytest.mark.perf
         def test_cpu_benchmark():
+            pass
+
+        @pytest.mark.perf
+        @pytest.mark.parametrize("grid_point", [GridPoint("cuda:1", 1, (64, 64), "fp16", "bn", "streams")], ids=["p"])
+        def test_grid(grid_point):
             pass
 
         @pytest.mark.precision
@@ -110,7 +116,8 @@ def test_perf_items_are_grouped_by_device_under_loadgroup(pytester: pytest.Pytes
     group_perf_items(config, items)
     groups = {i.name: [m.kwargs["name"] for m in i.iter_markers("xdist_group")] for i in items}
     assert groups == {"test_latency[npu:0]": ["npu:0"], "test_latency[ort:cann]": ["npu:0"], "test_cpu_benchmark": ["cpu"],
-                      "test_parity[npu:0]": [], "test_parity[ort:cann]": []}
+                      "test_grid[p]": ["cuda:1"], "test_parity[npu:0]": [], "test_parity[ort:cann]": []}
+    assert item_tags(next(i for i in items if i.name == "test_grid[p]")) == ["cuda", "perf"]
 
 
 def test_items_are_tagged_with_family_and_device(pytester: pytest.Pytester) -> None:
