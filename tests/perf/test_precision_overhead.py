@@ -8,7 +8,8 @@ Wall times on shared 2-core machines swing by 2x from round to round, and CI mac
 slower than development ones (5.0 s of CPU for the R_50 comparison in CI against 2.4-3.4 s
 here). So every budget is a ratio of CPU times measured in the same run: the dump ratios
 compare single-threaded runs (the fastest of 5 interleaved rounds each), and the R_50
-comparison is held against the CPU time of the reference forward that produced the dumps.
+comparison is held against the CPU time of a plain fp32 forward of the same model and input
+(2 s of 2 cores is 4 s of CPU, against about 2.9 s of CPU for that forward: 1.4x).
 Seconds go into extra_info as well.
 """
 from __future__ import annotations
@@ -100,9 +101,10 @@ def test_compare_all_dumps_of_one_r50_forward(benchmark):
     forward_cpu: list[float] = []
     for _ in range(2):
         start = time.process_time()
-        reference = record(model, batch)
+        with torch.inference_mode():
+            model.forward_raw(batch)
         forward_cpu.append(time.process_time() - start)
-    dut = record(model, batch, dtype=torch.bfloat16)
+    reference, dut = record(model, batch), record(model, batch, dtype=torch.bfloat16)
     limits = load_thresholds().tensor["bf16"]
     workers = os.cpu_count() or 1
     cpu: list[float] = []
@@ -124,5 +126,5 @@ def test_compare_all_dumps_of_one_r50_forward(benchmark):
     assert len(result.layers) == len(reference) > 300
     assert ratio <= COMPARE_BUDGET_RATIO, (
         f"comparing took {min(cpu):.2f} s of CPU on {workers} workers, {ratio:.2f}x the "
-        f"{min(forward_cpu):.2f} s of CPU of the dumped forward; budget {COMPARE_BUDGET_RATIO}x"
+        f"{min(forward_cpu):.2f} s of CPU of a plain forward; budget {COMPARE_BUDGET_RATIO}x"
     )
