@@ -23,7 +23,8 @@ from pytest_blendmask.atc.ort import (
     optimize_model,
     with_intermediate_outputs,
 )
-from pytest_blendmask.model import build_model
+from pytest_blendmask.model import build_model, load_weights
+from pytest_blendmask.settings import packaged_file
 
 from .atc_support import (  # noqa: F401  (pytest finds the fixtures by name)
     FP32_REL_L2,
@@ -39,11 +40,19 @@ from .atc_support import (  # noqa: F401  (pytest finds the fixtures by name)
 
 CALIBRATION_IMAGES = 4  # enough to exercise the calibration flow; the acceptance suite uses more
 # Loose on purpose: these catch a broken conversion (a wrong scale, channel or output order
-# gives errors near 1), not a precision regression, which the precision family gates. int8 is
-# judged on the median output: at random init the centre-ness and attention heads output
-# near-zero values (std 0.01 weights), whose relative error is quantisation noise over no signal.
+# gives errors near 1), not a precision regression, which the precision family gates.
 FP16_REL_L2 = 1e-2
-INT8_MEDIAN_REL_L2 = 0.15
+# int8 runs the trained weights: at random init the centre-ness and attention heads output
+# near-zero values (std 0.01 weights) whose relative error is quantisation noise over no
+# signal (median 0.153 over outputs, ctrness_p7 0.70). Trained, 4 calibration images:
+# median 0.018, worst 0.056 (bases).
+INT8_MEDIAN_REL_L2 = 0.05
+INT8_WORST_REL_L2 = 0.15
+
+
+@pytest.fixture(scope="module")
+def trained_lite() -> torch.nn.Module:
+    return load_weights(build_model("lite"), packaged_file("weights/lite.safetensors")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +90,18 @@ def test_fp16_runner_is_half_the_size_and_close(lite_onnx, two_image_batch, refe
     assert max(errors.values()) <= FP16_REL_L2, errors
 
 
-def test_int8_runner_quantizes_convolutions_calibrated_on_synthetic_images(lite_model, lite_onnx, two_image_batch, reference):
-    runner = build_ort_runner(lite_onnx, "int8", model=lite_model, calibration_images=CALIBRATION_IMAGES)
+def test_int8_runner_quantizes_convolutions_calibrated_on_synthetic_images(trained_lite, two_image_batch, onnx_cache):
+    exported = export_onnx(trained_lite, IMAGE_HW, opset=11, cache_dir=onnx_cache)
+    runner = build_ort_runner(exported, "int8", model=trained_lite, calibration_images=CALIBRATION_IMAGES)
     assert runner.model_path.name.endswith(f".int8-qdq-conv-minmax-n{CALIBRATION_IMAGES}-s1.onnx")
     proto = load_checked(runner.model_path)
     assert len(nodes_of_type(proto, "QuantizeLinear")) > 0 and len(nodes_of_type(proto, "DequantizeLinear")) > 0
-    assert runner.model_path.stat().st_size < 0.4 * lite_onnx.path.stat().st_size
+    assert runner.model_path.stat().st_size < 0.4 * exported.path.stat().st_size
     got = runner(two_image_batch)
     assert all(torch.isfinite(t).all() for t in got.values())
-    errors = relative_l2_per_output(got, reference)
+    errors = relative_l2_per_output(got, reference_raw(trained_lite, two_image_batch))
     assert np.median(list(errors.values())) <= INT8_MEDIAN_REL_L2, errors
+    assert max(errors.values()) <= INT8_WORST_REL_L2, errors
 
 
 def test_int8_needs_the_model_for_calibration(lite_onnx, tmp_path):
