@@ -12,6 +12,7 @@ import pytest
 from pytest_blendmask.fixtures import chosen_targets, settings_key, thresholds_key
 from pytest_blendmask.placement import group_perf_items, tag_items
 from pytest_blendmask.report.controller import register_report_hooks
+from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings, resolve_thresholds
 from pytest_blendmask.targets import TargetSpec, availability, describe_targets
 
@@ -53,6 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = resolve_settings(config)
     config.stash[thresholds_key] = resolve_thresholds(config.stash[settings_key])
     register_report_hooks(config)
+    interrupt_on_sigterm(config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -76,6 +76,29 @@ def test_a_failing_record_fails_the_session_even_if_its_assertion_is_swallowed(p
     assert final_report(pytester)["reasons"] == ["1 gate(s) failed: perf throughput on cpu (test_hides_the_failure)"]
 
 
+def test_sigterm_ends_the_run_with_the_report_written(pytester: pytest.Pytester) -> None:
+    # What a CI runner sends when the job runs past its time limit.
+    pytester.makepyfile(
+        """
+        import os, signal
+
+        def test_first(bm_record):
+            bm_record("precision", "cpu", "cosine_similarity", 1.0, 0.99, "", True, op=">=")
+
+        def test_terminated():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def test_never_reached():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--bm-target=cpu")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    report = final_report(pytester)
+    assert report["run"]["interrupted"] is True
+    assert [r["metric"] for r in report["records"]["precision"]] == ["cosine_similarity"]
+
+
 def test_interrupted_run_still_writes_the_report(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
