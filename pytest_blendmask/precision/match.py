@@ -1,11 +1,16 @@
 """One-to-one matching of detections from a target under test to the reference's."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
+
+if TYPE_CHECKING:
+    from .thresholds import DetectionThresholds
 
 
 @dataclass(frozen=True)
@@ -28,27 +33,41 @@ class Matching:
 
 
 def match_boxes(
-    ref_boxes: Tensor, dut_boxes: Tensor, iou_threshold: float, ref_classes: Tensor | None = None, dut_classes: Tensor | None = None
+    ref_boxes: Tensor,
+    dut_boxes: Tensor,
+    iou_threshold: float,
+    ref_classes: Tensor | None = None,
+    dut_classes: Tensor | None = None,
+    *,
+    cross_class: bool = False,
 ) -> Matching:
     """Greedy one-to-one matching by descending box IoU; pairs below ``iou_threshold`` stay unmatched.
 
-    With classes given, only same-class pairs may match (a class flip then shows as two
-    unmatched detections instead of hiding inside a matched pair).
+    With classes given, same-class pairs match first. ``cross_class=False`` stops there (a
+    class flip then shows as two unmatched detections); ``cross_class=True`` then pairs the
+    rest across classes, so a flip shows as a matched pair of different classes. Same-class
+    first matters because a detector scores several classes at one location with identical
+    boxes: best-IoU-first alone pairs them by rounding noise, not by object.
 
     Args:
         ref_boxes (Tensor[M, 4]), dut_boxes (Tensor[D, 4]): xyxy boxes.
         ref_classes (Tensor[M]), dut_classes (Tensor[D]): optional class ids.
+        cross_class: with classes, also match pairs of different classes, after all same-class pairs.
     """
     iou = box_iou(ref_boxes.float(), dut_boxes.float())
+    # Rank = IoU, plus 1 for a same-class pair, so every same-class pair ranks above every
+    # cross-class one; pairs that may not match rank -1.
+    rank = iou.clone()
     if ref_classes is not None and dut_classes is not None:
-        iou = torch.where(ref_classes[:, None] == dut_classes[None, :], iou, torch.zeros_like(iou))
+        same = ref_classes[:, None] == dut_classes[None, :]
+        rank = torch.where(same, iou + 1, iou if cross_class else torch.full_like(iou, -1.0))
+    rank[iou < iou_threshold] = -1.0
     ref_idx, dut_idx, ious = [], [], []
-    if iou.numel():
-        order = torch.argsort(iou.flatten(), descending=True)
+    if rank.numel():
+        order = torch.argsort(rank.flatten(), descending=True, stable=True)
         used_ref, used_dut = set(), set()
         for flat in order.tolist():
-            value = float(iou.view(-1)[flat])
-            if value < iou_threshold:
+            if float(rank.view(-1)[flat]) < 0:
                 break
             r, d = divmod(flat, iou.shape[1])
             if r in used_ref or d in used_dut:
@@ -57,7 +76,7 @@ def match_boxes(
             used_dut.add(d)
             ref_idx.append(r)
             dut_idx.append(d)
-            ious.append(value)
+            ious.append(float(iou[r, d]))
     return Matching(
         torch.tensor(ref_idx, dtype=torch.long),
         torch.tensor(dut_idx, dtype=torch.long),
@@ -155,8 +174,9 @@ def top_k_class_overlap(ref_scores: Tensor, ref_classes: Tensor, dut_scores: Ten
 class DetectionMetrics:
     """One image's detections of the device under test against the reference's.
 
-    Pairs come from class-agnostic ``match_boxes`` (so a class flip shows in
-    ``class_agreement`` rather than as two unmatched detections). Per-pair metrics are
+    Pairs come from ``match_boxes`` with ``cross_class=True``: same-class pairs first, then
+    the rest across classes (so a class flip shows in ``class_agreement`` rather than as two
+    unmatched detections). Per-pair metrics are
     taken over the matched pairs; with no pair, errors are 0 and agreements/IoUs are 1 if
     neither side detected anything, else 0 (``unmatched_fraction`` then tells the story).
     The ``thresholds`` keys ``max_<field>`` / ``min_<field>`` bound the field of that name.
@@ -197,7 +217,7 @@ def detection_metrics(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_thresh
             taken from the masks.
         iou_threshold: box IoU a pair needs to match.
     """
-    matching = match_boxes(ref["boxes"], dut["boxes"], iou_threshold)
+    matching = match_boxes(ref["boxes"], dut["boxes"], iou_threshold, ref["classes"], dut["classes"], cross_class=True)
     r, d = matching.ref_index, matching.dut_index
     total = matching.num_ref + matching.num_dut
     agree_if_empty = 1.0 if total == 0 else 0.0
@@ -228,3 +248,29 @@ def detection_metrics(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_thresh
         dice=dice_mean,
         dice_min=dice_min,
     )
+
+
+class DetectionGate(NamedTuple):
+    """One detection-level gate: a ``DetectionMetrics`` field, worst over images, against a limit."""
+
+    field: str  # the DetectionMetrics field
+    key: str  # the DetectionThresholds key that bounds it
+    op: str  # "<=": upper limit; ">=": lower limit
+    unit: str
+    worst: Callable[[Iterable[float]], float]  # max for an upper limit, min for a lower one
+
+    def measure(self, per_image: Sequence[DetectionMetrics], limits: DetectionThresholds) -> tuple[float, float, bool]:
+        """(worst value over the images, limit, passed); a value equal to the limit passes."""
+        value = self.worst(getattr(m, self.field) for m in per_image)
+        limit = getattr(limits, self.key)
+        return value, limit, value <= limit if self.op == "<=" else value >= limit
+
+
+DETECTION_GATES = (
+    DetectionGate("box_error", "max_box_error", "<=", "fraction of image side", max),
+    DetectionGate("score_relative_error", "max_score_relative_error", "<=", "", max),
+    DetectionGate("class_agreement", "min_class_agreement", ">=", "", min),
+    DetectionGate("top5_class_overlap", "min_top5_class_overlap", ">=", "", min),
+    DetectionGate("mask_iou", "min_mask_iou", ">=", "", min),
+    DetectionGate("unmatched_fraction", "max_unmatched_fraction", "<=", "", max),
+)

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from pytest_blendmask.data import EVAL_SEED, generate_sample
-from pytest_blendmask.model import build_model
+from pytest_blendmask.model import build_model, load_weights
 from pytest_blendmask.model.weights import adapt_official_keys
 from pytest_blendmask.precision.compare import compare, describe
-from pytest_blendmask.precision.match import detection_metrics
+from pytest_blendmask.precision.match import DETECTION_GATES, detection_metrics
 from pytest_blendmask.precision.thresholds import load_thresholds
 from pytest_blendmask.runners import run_target
+from pytest_blendmask.settings import packaged_file
 from pytest_blendmask.targets import parse_target
 
 from .golden import load_golden
@@ -55,9 +56,9 @@ def _running_var_x4(model, name):
     model.get_submodule(name).running_var.mul_(4)
 
 
-def _bias_shift(model, name):
+def _bias_shift(model, name, shift=0.05):
     with torch.no_grad():
-        model.get_submodule(name).bias.add_(0.05)
+        model.get_submodule(name).bias.add_(shift)
 
 
 def _swap_channels(model, name):
@@ -118,3 +119,47 @@ def test_changed_nms_threshold_fails_the_detection_gate():
     metrics = detection_metrics(ref.detections[0], dut.detections[0], limits.match_iou)
     assert metrics.num_ref == 100
     assert metrics.unmatched_fraction > limits.max_unmatched_fraction
+
+
+# Detection level: the shipped (trained) model on the acceptance suite's sample images, so
+# that there are detections to compare; a fault in the device path only.
+DETECTION_SIZE = 512
+HEAD = "proposal_generator.fcos_head"
+DETECTION_FAULTS = [
+    # (fault, inject, module, kwargs, the gate that must catch it)
+    ("centre-ness bias +0.5", _bias_shift, f"{HEAD}.ctrness", {"shift": 0.5}, "score_relative_error"),
+    ("box regression x1.1", _scale_output, f"{HEAD}.bbox_pred", {"factor": 1.1}, "box_error"),
+    ("circle/square logits swapped", _swap_channels, f"{HEAD}.cls_logits", {}, "score_relative_error"),
+    ("basis bias -1", _bias_shift, "basis_module.tower.4", {"shift": -1.0}, "mask_iou"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = load_weights(build_model("lite"), packaged_file("weights/lite.safetensors"))
+    images = [torch.from_numpy(generate_sample(EVAL_SEED, i, DETECTION_SIZE, DETECTION_SIZE).image).permute(2, 0, 1).contiguous() for i in (0, 1)]
+    batch, sizes = model.preprocess(images)
+    return model, batch, sizes, run_target(CPU, model, batch, sizes, dump_mode="stats")
+
+
+def failed_detection_gates(ref_run, dut_run) -> dict[str, str]:
+    per_image = [detection_metrics(r, d, THRESHOLDS.detection["fp16"].match_iou) for r, d in zip(ref_run.detections, dut_run.detections)]
+    verdicts = {g.field: g.measure(per_image, THRESHOLDS.detection["fp16"]) for g in DETECTION_GATES}
+    return {field: f"{value:.4g} vs {limit}" for field, (value, limit, passed) in verdicts.items() if not passed}
+
+
+def test_trained_model_raises_no_detection_false_alarm_under_fp16(trained):
+    model, batch, sizes, ref_run = trained
+    assert sum(len(d["scores"]) for d in ref_run.detections) >= 10
+    assert failed_detection_gates(ref_run, run_target(FP16, model, batch, sizes, dump_mode="stats")) == {}
+
+
+@pytest.mark.parametrize("fault, inject, module, kwargs, gate", DETECTION_FAULTS, ids=[f[0] for f in DETECTION_FAULTS])
+def test_fault_fails_the_detection_gate(trained, fault, inject, module, kwargs, gate):
+    model, batch, sizes, ref_run = trained
+    faulty = copy.deepcopy(model)
+    inject(faulty, module, **kwargs)
+    # Run in fp32 (fp16 autocast is slow on a CPU) and judged by the looser fp16 limits: the
+    # fault, not the rounding, must be what fails.
+    failed = failed_detection_gates(ref_run, run_target(CPU, faulty, batch, sizes, dump_mode="stats"))
+    assert gate in failed, f"{fault}: failed gates {failed}"

@@ -27,6 +27,27 @@ def test_match_boxes_pairs_best_iou_first_one_to_one():
     assert (matching.unmatched_ref, matching.unmatched_dut) == (0, 1)
 
 
+def test_same_class_pairs_match_before_cross_class_ones():
+    # One object scored as two classes with the same box, as a detector does; the device's
+    # circle box is off by rounding towards the reference's ring box. IoU alone would pair
+    # circle with ring and ring with circle.
+    ref = boxes((0, 0, 10, 10), (0, 0, 10, 10.001))
+    dut = boxes((0, 0, 10, 10.0009), (0, 0, 10, 10))
+    ref_classes, dut_classes = torch.tensor([0, 4]), torch.tensor([0, 4])
+    assert match_boxes(ref, dut, 0.5).dut_index.tolist() == [1, 0]
+    matching = match_boxes(ref, dut, 0.5, ref_classes, dut_classes, cross_class=True)
+    assert sorted(zip(matching.ref_index.tolist(), matching.dut_index.tolist())) == [(0, 0), (1, 1)]
+
+
+def test_cross_class_decides_whether_a_class_flip_is_a_pair():
+    ref, dut = boxes((0, 0, 10, 10), (20, 20, 30, 30)), boxes((0, 0, 10, 10), (20, 20, 30, 30))
+    ref_classes, dut_classes = torch.tensor([1, 2]), torch.tensor([1, 3])
+    strict = match_boxes(ref, dut, 0.5, ref_classes, dut_classes)
+    assert strict.ref_index.tolist() == [0] and (strict.unmatched_ref, strict.unmatched_dut) == (1, 1)
+    flips = match_boxes(ref, dut, 0.5, ref_classes, dut_classes, cross_class=True)
+    assert sorted(zip(flips.ref_index.tolist(), flips.dut_index.tolist())) == [(0, 0), (1, 1)]
+
+
 def test_mask_iou_and_dice_by_hand():
     ref = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]], dtype=torch.bool)
     dut = torch.tensor([[[0, 1, 1, 0]], [[0, 0, 0, 0]]], dtype=torch.bool)
@@ -108,3 +129,13 @@ def test_detection_metrics_with_everything_lost_agree_not_at_all():
     ref = detections([(0, 0, 2, 2)], [0.8], [1], [[[1, 1, 0, 0], [1, 1, 0, 0]]])
     m = detection_metrics(ref, detections([], [], [], []), 0.5)
     assert (m.matched, m.unmatched_fraction, m.class_agreement, m.mask_iou, m.top5_class_overlap) == (0, 1.0, 0.0, 0.0, 0.0)
+
+
+def test_detection_metrics_pair_several_classes_at_one_box_by_class():
+    # The shipped model scores one object as several classes with near-identical boxes;
+    # an exact copy must agree fully however rounding orders the IoUs.
+    rows, masks = [(0, 0, 2, 2), (0, 0, 2, 2.0001)], [[[1, 1, 0, 0], [1, 1, 0, 0]]] * 2
+    ref = detections(rows, [0.5, 0.3], [0, 4], masks)
+    dut = detections(rows[::-1], [0.3, 0.5], [4, 0], masks)
+    m = detection_metrics(ref, dut, 0.5)
+    assert (m.matched, m.class_agreement, m.score_relative_error) == (2, 1.0, 0.0)

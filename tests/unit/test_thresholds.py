@@ -28,7 +28,8 @@ def test_packaged_default_loads_with_every_precision():
     # Tightened from seed 000's 10 % gate by the measurements quoted in the file, and below
     # the 2 % of the smallest injected fault (one layer scaled by 1.02).
     assert fp16.max_relative_l2_error < 0.02 and fp16.max_mean_relative_l2_error <= fp16.max_relative_l2_error
-    assert thresholds.detection["fp16"].max_box_error == 0.10
+    # Below the 10 % that a box regression scaled by 1.1 moves a box (the seed's 0.10 lets it pass).
+    assert thresholds.detection["fp16"].max_box_error < 0.05
     assert thresholds.perf_for("npu:0:fp16") == thresholds.perf["default"]
 
 
