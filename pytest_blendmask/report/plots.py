@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -33,6 +34,13 @@ def _as_float(value: float | str | None) -> float:
     return float(value) if is_finite_number(value) else math.nan
 
 
+def _log_y_if_wide(axes: Axes, ys: Sequence[float], ratio: float) -> None:
+    """A log y axis when the positive values span more than ``ratio``: else the small ones sit on the floor."""
+    positive = [y for y in ys if y > 0]
+    if positive and max(positive) / min(positive) > ratio:
+        axes.set_yscale("log")
+
+
 def layer_error_plot(
     layers: Sequence[str],
     values: Sequence[float | str | None],
@@ -47,9 +55,7 @@ def layer_error_plot(
     figure = Figure(figsize=SIZE_INCHES)
     axes = figure.add_subplot()
     axes.plot(range(len(ys)), ys, marker=".", linewidth=1, label=ylabel)
-    positive = [y for y in ys if y > 0]
-    if positive and max(positive) / min(positive) > 100:
-        axes.set_yscale("log")  # layer errors span orders of magnitude between stem and head
+    _log_y_if_wide(axes, ys, 100)  # layer errors span orders of magnitude between stem and head
     if limit is not None and math.isfinite(limit):
         axes.axhline(limit, color=_LIMIT_COLOUR, linestyle="--", label=f"limit {limit:g}")
     if first_divergent is not None:
@@ -69,10 +75,13 @@ def latency_plot(series: Mapping[str, tuple[Sequence[int], Sequence[float | str 
     figure = Figure(figsize=SIZE_INCHES)
     axes = figure.add_subplot()
     ticks: set[int] = set()
+    every_ms: list[float] = []
     for label, (batches, latency) in series.items():
         points = sorted(zip(batches, map(_as_float, latency)))
         axes.plot([b for b, _ in points], [ms for _, ms in points], marker="o", label=label)
         ticks.update(batches)
+        every_ms += [ms for _, ms in points]
+    _log_y_if_wide(axes, every_ms, 10)  # e.g. CPU bf16 autocast at 50x the fp32 latency
     axes.set_xscale("log", base=2)
     axes.set_xticks(sorted(ticks), labels=[str(b) for b in sorted(ticks)])  # 1, 2, 4... not 2^0, 2^1...
     axes.set_xlabel("batch size")
