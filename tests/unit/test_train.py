@@ -144,8 +144,6 @@ def test_load_example_crops_and_keeps_boxes_consistent():
 
 
 def test_two_iteration_run_resumes_and_ships_loadable_weights(tmp_path, monkeypatch):
-    import pytest_blendmask.train.loop as loop
-
     monkeypatch.setattr("pytest_blendmask.train.evaluate.coco_ap", lambda *a, **k: {"num_images": 0, "bbox_AP": 0.0, "segm_AP": 0.0})
     common = dict(iters=2, batch=2, gen_size=64, crop=64, warmup=1, log_every=1, ckpt_every=1, out=str(tmp_path), command="test")
     cfg = TrainConfig(**{**common, "iters": 1})
@@ -163,7 +161,6 @@ def test_two_iteration_run_resumes_and_ships_loadable_weights(tmp_path, monkeypa
     assert json.loads((tmp_path / "lite.json").read_text())["data"]["generator_version"] >= 1
     model = load_weights(build_model("lite"), tmp_path / "lite.safetensors")
     assert model.proposal_generator.fcos_head.cls_logits.weight.shape[0] == 6
-    assert loop is not None
 
 
 def test_progress_eval_scores_a_train_mode_model_and_leaves_it_training(tmp_path):
