@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Matching:
-    """Pairs (ref_index[i], dut_index[i]) with their box IoU, best pairs first."""
+    """Pairs (ref_index[i], dut_index[i]) with their box IoU, in the order they were matched."""
 
     ref_index: Tensor
     dut_index: Tensor
@@ -57,10 +57,11 @@ def match_boxes(
     iou = box_iou(ref_boxes.float(), dut_boxes.float())
     # Rank = IoU, plus 1 for a same-class pair, so every same-class pair ranks above every
     # cross-class one; pairs that may not match rank -1.
-    rank = iou.clone()
     if ref_classes is not None and dut_classes is not None:
         same = ref_classes[:, None] == dut_classes[None, :]
         rank = torch.where(same, iou + 1, iou if cross_class else torch.full_like(iou, -1.0))
+    else:
+        rank = iou.clone()
     rank[iou < iou_threshold] = -1.0
     ref_idx, dut_idx, ious = [], [], []
     if rank.numel():

@@ -27,8 +27,8 @@ FP16 = parse_target("cpu:fp16")
 CPU = parse_target("cpu")
 
 
-def batch_of(model, seeds):
-    images = [torch.from_numpy(generate_sample(EVAL_SEED, s, SIZE, SIZE).image).permute(2, 0, 1).contiguous() for s in seeds]
+def batch_of(model, seeds, size=SIZE):
+    images = [torch.from_numpy(generate_sample(EVAL_SEED, s, size, size).image).permute(2, 0, 1).contiguous() for s in seeds]
     return model.preprocess(images)
 
 
@@ -137,8 +137,7 @@ DETECTION_FAULTS = [
 @pytest.fixture(scope="module")
 def trained():
     model = load_weights(build_model("lite"), packaged_file("weights/lite.safetensors"))
-    images = [torch.from_numpy(generate_sample(EVAL_SEED, i, DETECTION_SIZE, DETECTION_SIZE).image).permute(2, 0, 1).contiguous() for i in (0, 1)]
-    batch, sizes = model.preprocess(images)
+    batch, sizes = batch_of(model, [0, 1], DETECTION_SIZE)
     return model, batch, sizes, run_target(CPU, model, batch, sizes, dump_mode="stats")
 
 
