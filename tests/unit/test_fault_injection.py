@@ -13,9 +13,10 @@ from pytest_blendmask.data import EVAL_SEED, generate_sample
 from pytest_blendmask.model import build_model, load_weights
 from pytest_blendmask.model.weights import adapt_official_keys
 from pytest_blendmask.precision.compare import compare, describe
+from pytest_blendmask.precision.dump import dump_from_outputs
 from pytest_blendmask.precision.match import DETECTION_GATES, detection_metrics
 from pytest_blendmask.precision.thresholds import load_thresholds
-from pytest_blendmask.runners import run_target
+from pytest_blendmask.runners import compiled_runner, run_target
 from pytest_blendmask.settings import packaged_file
 from pytest_blendmask.targets import parse_target
 
@@ -162,3 +163,31 @@ def test_fault_fails_the_detection_gate(trained, fault, inject, module, kwargs, 
     # fault, not the rounding, must be what fails.
     failed = failed_detection_gates(ref_run, run_target(CPU, faulty, batch, sizes, dump_mode="stats"))
     assert gate in failed, f"{fault}: failed gates {failed}"
+
+
+# int8: ORT static PTQ of the same trained model, graph outputs against the fp32 reference.
+# Quantisation noise on `bases` (0.113) is as large as a 10 % fault, so this proves the
+# per-output limits and overrides of [precision.tensor.int8] still tell the two apart.
+INT8 = parse_target("ort:int8")
+INT8_CASES = [
+    # (case, inject, module, kwargs, the output that must fail, or None for no fault)
+    ("no fault", None, None, {}, None),
+    ("bases x1.1", _scale_output, "basis_module.tower.4", {"factor": 1.1}, "bases"),
+    ("box regression x1.1", _scale_output, f"{HEAD}.bbox_pred", {"factor": 1.1}, "bbox_reg_p3"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, inject, module, kwargs, output", INT8_CASES, ids=[c[0] for c in INT8_CASES])
+def test_int8_tensor_gate_tells_quantisation_from_a_fault(trained, tmp_path, case, inject, module, kwargs, output):
+    model, batch, sizes, ref_run = trained
+    device_model = copy.deepcopy(model)
+    if inject is not None:
+        inject(device_model, module, **kwargs)
+    # A fresh export cache: a hook-injected fault leaves the weights, and so the cache key, unchanged.
+    runner = compiled_runner(INT8, device_model, tuple(batch.shape[-2:]), "Ascend910B", cache_dir=tmp_path)
+    result = compare(dump_from_outputs(ref_run.raw), run_target(INT8, device_model, batch, sizes, compiled=runner).dump, THRESHOLDS.tensor["int8"])
+    if output is None:
+        assert result.passed, describe(result)
+    else:
+        assert not result.passed and result.first_divergent.name == output, describe(result)
