@@ -19,9 +19,9 @@ from torch import nn
 
 from .data import ANNOTATIONS_FILE, ensure_split
 from .model import CONFIG_NAMES, WeightsError, build_model, load_weights
-from .precision.accuracy import evaluate
+from .evaluation import evaluate
 from .settings import SEED, Settings, weights_path
-from .targets import TargetSpec, availability, parse_target
+from .targets import Target, parse_target
 
 T = TypeVar("T")
 
@@ -62,13 +62,13 @@ def load_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
     return model, path
 
 
-def _eager_target(text: str) -> TargetSpec:
+def _eager_target(text: str) -> Target:
     """argparse type: an eager target spec (ArgumentTypeError names the accepted forms)."""
     try:
         spec = parse_target(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if spec.kind != "eager":
+    if spec.compiled:
         raise argparse.ArgumentTypeError(f"this command runs eager targets, {EAGER_FORMS}; got {text!r}")
     return spec
 
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns 0, or exits with status 2 on a bad option (argparse)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    reason = availability(args.target)
+    reason = args.target.skip_reason()
     if reason is not None:
         parser.error(f"--target {args.target.id}: cannot run here: {reason}")
     if args.data is not None and not (args.data / ANNOTATIONS_FILE).is_file():

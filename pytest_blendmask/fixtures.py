@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_blendmask.placement import pin_target, worker_device
-from pytest_blendmask.report.record import record
+from pytest_blendmask.placement import worker_device
 from pytest_blendmask.precision.thresholds import Thresholds
+from pytest_blendmask.results import record
 from pytest_blendmask.settings import SEED, Settings, weights_path
-from pytest_blendmask.targets import TargetSpec, auto_targets, availability, probe_torch_npu
+from pytest_blendmask.targets import LoadContext, Target, auto_targets, probe_torch_npu
 
 
 if TYPE_CHECKING:
@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 
 settings_key = pytest.StashKey[Settings]()
 thresholds_key = pytest.StashKey[Thresholds]()
-targets_key = pytest.StashKey["list[TargetSpec]"]()
+targets_key = pytest.StashKey["list[Target]"]()
 
 SAMPLE_IMAGES = 2  # two images, so that code mixing up per-image results shows it
 ACCURACY_IMAGES = 50  # the first 50 of the 200-image evaluation split: AP to about +-1 point, ~1 min per target on 2 cores
 
 
-def chosen_targets(config: pytest.Config) -> list[TargetSpec]:
+def chosen_targets(config: pytest.Config) -> list[Target]:
     """The targets under test: --bm-target, else auto-selected once per session."""
     if targets_key not in config.stash:
         explicit = config.stash[settings_key].targets
@@ -91,24 +91,24 @@ def npu_device() -> torch.device:
 
 
 @pytest.fixture(scope="session")
-def reference_target(bm_settings: Settings) -> TargetSpec:
+def reference_target(bm_settings: Settings) -> Target:
     """The golden reference target chosen by --bm-reference (default cpu, fp32)."""
     return bm_settings.reference
 
 
 @pytest.fixture(scope="session")
-def dut_targets(pytestconfig: pytest.Config) -> list[TargetSpec]:
+def dut_targets(pytestconfig: pytest.Config) -> list[Target]:
     """All targets under test (--bm-target, else auto-selected), available or not."""
     return chosen_targets(pytestconfig)
 
 
 @pytest.fixture
-def dut_target(request: pytest.FixtureRequest) -> TargetSpec:
+def dut_target(request: pytest.FixtureRequest) -> Target:
     """One target under test (tests are parametrized over them); skips with the reason if unavailable."""
     # Under --bm-devices the parameter (and the test id) stays the spec given; the worker's
     # pinned device replaces the device of an eager target of the same type.
-    target = pin_target(request.param, worker_device(request.config, request.config.stash[settings_key]))
-    reason = availability(target)
+    target = request.param.pinned(worker_device(request.config, request.config.stash[settings_key]))
+    reason = target.skip_reason()
     if reason is not None:
         pytest.skip(reason)
     return target
@@ -173,20 +173,13 @@ def perf_grid(bm_settings: Settings) -> GridSpec:
 
 
 @pytest.fixture(scope="session")
-def perf_points(bm_settings: Settings, perf_grid: GridSpec) -> Iterator[list[PerfPoint]]:
-    """Perf grid points measured (or skipped) so far; written with the ladder to <report dir>/perf_ladder.json at session end.
+def perf_points() -> list[PerfPoint]:
+    """Perf grid points measured (or skipped) so far in this process, for the floors to read.
 
-    Each xdist worker writes the points it ran; pytest-benchmark times nothing under xdist,
-    so a distributed session measures (and writes) no points.
+    The ladder in <report dir>/perf_ladder.json is written by the report controller from the
+    points the grid tests' reports carry, not from this list: an xdist worker sees only its own.
     """
-    from pytest_blendmask.perf.ladder import PERF_REPORT_FILE, write_perf_report
-    from pytest_blendmask.perf.timing import host_conditions
-
-    points: list[PerfPoint] = []
-    yield points
-    if any(point.measured for point in points):
-        context = {"grid": perf_grid.name, "host": host_conditions()}
-        write_perf_report(bm_settings.report_dir / PERF_REPORT_FILE, points, context)
+    return []
 
 
 @pytest.fixture
@@ -218,60 +211,53 @@ def onnx_model(blendmask_model: Any, sample_batch: SampleBatch) -> Any:
 @pytest.fixture(scope="session")
 def compiled_om(onnx_model: Any, bm_settings: Settings) -> Any:
     """The ONNX model compiled by ATC for --bm-soc-version (allow_fp32_to_fp16); skips where there is no atc."""
-    from pytest_blendmask.atc.atc import AtcOptions, compile_om
+    from pytest_blendmask.targets.om import OmTarget
 
-    reason = availability(TargetSpec("om", None))
+    om = OmTarget()
+    reason = om.skip_reason("compile")
     if reason is not None:
         pytest.skip(reason)
-    options = AtcOptions(bm_settings.soc_version, precision_mode="allow_fp32_to_fp16")
-    result = compile_om(onnx_model.path, onnx_model.path.with_suffix(""), tuple(onnx_model.input_shape[2:]), options)
-    result.raise_for_failure()
-    return result
+    return om.compile(onnx_model, bm_settings.soc_version)
 
 
 @pytest.fixture(scope="session")
-def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings: Settings) -> Callable[[TargetSpec], Any]:
-    """``compiled_target(spec)`` -> batch -> raw tensors for an ``ort*``/``om`` target, exported and compiled once."""
-    from pytest_blendmask.runners import compiled_runner
-
+def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings: Settings) -> Callable[[Target], Any]:
+    """``compiled_target(spec)`` -> the target's runner (batch -> raw tensors), built once: exported and compiled for ``ort*``/``om``, a device copy for eager targets."""
     cache: dict[str, Any] = {}
 
-    def get(spec: TargetSpec) -> Any:
+    def get(spec: Target) -> Any:
         if spec.id not in cache:
-            hw = tuple(sample_batch.tensor.shape[-2:])
-            cache[spec.id] = compiled_runner(spec, blendmask_model, hw, bm_settings.soc_version)
+            context = LoadContext(tuple(sample_batch.tensor.shape[-2:]), bm_settings.soc_version)
+            cache[spec.id] = spec.load(blendmask_model, context)
         return cache[spec.id]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def coco_accuracy(blendmask_model: Any, compiled_target: Callable[[TargetSpec], Any]) -> Callable[..., Any]:
+def coco_accuracy(blendmask_model: Any, compiled_target: Callable[[Target], Any]) -> Callable[..., Any]:
     """``coco_accuracy(spec, limit=50)`` -> COCO box/mask AP of a target on the evaluation split, computed once per target and limit."""
-    from pytest_blendmask.precision.accuracy import evaluate
+    from pytest_blendmask.evaluation import evaluate
 
     cache: dict[tuple[str, int | None], Any] = {}
 
-    def get(spec: TargetSpec, limit: int | None = ACCURACY_IMAGES) -> Any:
+    def get(spec: Target, limit: int | None = ACCURACY_IMAGES) -> Any:
         if (spec.id, limit) not in cache:
-            run_raw = None if spec.kind == "eager" else compiled_target(spec)
-            cache[spec.id, limit] = evaluate(blendmask_model, spec, limit=limit, run_raw=run_raw)
+            cache[spec.id, limit] = evaluate(blendmask_model, spec, limit=limit, run_raw=compiled_target(spec))
         return cache[spec.id, limit]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def target_run(blendmask_model: Any, sample_batch: SampleBatch, compiled_target: Callable[[TargetSpec], Any]) -> Callable[[TargetSpec], Any]:
+def target_run(blendmask_model: Any, sample_batch: SampleBatch, compiled_target: Callable[[Target], Any]) -> Callable[[Target], Any]:
     """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target."""
-    from pytest_blendmask.runners import run_target
-
     cache: dict[str, Any] = {}
 
-    def run(spec: TargetSpec) -> Any:
+    def run(spec: Target) -> Any:
         if spec.id not in cache:
-            compiled = None if spec.kind == "eager" else compiled_target(spec)
-            cache[spec.id] = run_target(spec, blendmask_model, sample_batch.tensor, sample_batch.image_sizes, compiled)
+            runner = compiled_target(spec)
+            cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes, runner=runner)
         return cache[spec.id]
 
     return run

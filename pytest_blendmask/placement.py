@@ -9,19 +9,15 @@ reach the xdist controller with every report, skips included.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import pytest
 
-from pytest_blendmask.report.record import TAGS_KEY
+from pytest_blendmask.results import TAGS_KEY
 from pytest_blendmask.settings import REQUIRE_TAGS, Settings
-from pytest_blendmask.targets import ORT_PROVIDERS, TargetSpec
+from pytest_blendmask.targets import Target
 
 PERF_MARKER = "perf"
-# ONNX Runtime and ais_bench use device 0 unless told otherwise.
-_ORT_DEVICES = {ORT_PROVIDERS["cpu"]: "cpu", ORT_PROVIDERS["cann"]: "npu:0", ORT_PROVIDERS["cuda"]: "cuda:0"}
-_OM_DEVICE = "npu:0"
 _NO_TARGET_DEVICE = "cpu"  # a test without a dut_target runs on the CPU
 
 
@@ -40,42 +36,23 @@ def worker_device(config: pytest.Config, settings: Settings) -> str | None:
     return device_for_worker(settings.devices, getattr(config, "workerinput", {}).get("workerid"))
 
 
-def pin_target(spec: TargetSpec, device: str | None) -> TargetSpec:
-    """``spec`` moved to ``device`` when it is an eager target of the same device type."""
-    if device is None or spec.kind != "eager" or spec.device is None:
-        return spec
-    same_type = spec.device.split(":")[0] == device.split(":")[0]
-    return dataclasses.replace(spec, device=device) if same_type else spec
-
-
-def device_of(spec: TargetSpec) -> str:
-    """The device a target occupies: ``cpu``, ``cuda:N`` or ``npu:N``."""
-    if spec.kind == "eager":
-        assert spec.device is not None
-        return spec.device
-    if spec.kind == "ort":
-        assert spec.provider is not None
-        return _ORT_DEVICES[spec.provider]
-    return _OM_DEVICE
-
-
-def _item_target(item: pytest.Item) -> TargetSpec | None:
+def _item_target(item: pytest.Item) -> Target | None:
     """The target the item runs: its ``dut_target`` parameter (the spec given, before any
     pinning), else the target of its perf ``grid_point`` parameter."""
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None
     spec = callspec.params.get("dut_target")
-    if isinstance(spec, TargetSpec):
+    if isinstance(spec, Target):
         return spec
     spec = getattr(callspec.params.get("grid_point"), "target", None)
-    return spec if isinstance(spec, TargetSpec) else None
+    return spec if isinstance(spec, Target) else None
 
 
 def item_device(item: pytest.Item) -> str:
     """The device of the item's target (``_item_target``), else the CPU."""
     spec = _item_target(item)
-    return device_of(spec) if spec is not None else _NO_TARGET_DEVICE
+    return spec.device if spec is not None else _NO_TARGET_DEVICE
 
 
 def item_tags(item: pytest.Item) -> list[str]:
@@ -83,7 +60,7 @@ def item_tags(item: pytest.Item) -> list[str]:
     tags = {mark.name for mark in item.iter_markers() if mark.name in REQUIRE_TAGS}
     spec = _item_target(item)
     if spec is not None:
-        tags.add(device_of(spec).split(":")[0])
+        tags.add(spec.device.split(":")[0])
     if "npu_device" in getattr(item, "fixturenames", ()):
         tags.add("npu")
     return sorted(tags)

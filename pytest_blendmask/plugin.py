@@ -2,19 +2,20 @@
 
 The hooks only switch: parsing lives in ``settings``, targets in ``targets``, fixtures in
 ``fixtures`` (a second ``pytest11`` entry point), worker pinning and tags in ``placement``,
-the reports in ``report`` (its controller is a plugin object registered at configure time).
-torch is never imported at module level.
+the reports in ``report`` (its controller is a plugin object registered at session start,
+with the environment captured then, once). torch is never imported at module level.
 """
 from __future__ import annotations
 
 import pytest
 
+from pytest_blendmask.environment import collect_environment
 from pytest_blendmask.fixtures import chosen_targets, settings_key, thresholds_key
 from pytest_blendmask.placement import group_perf_items, tag_items
-from pytest_blendmask.report.controller import register_report_hooks
+from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings, resolve_thresholds
-from pytest_blendmask.targets import TargetSpec, availability, describe_targets
+from pytest_blendmask.targets import describe_targets, parse_target
 
 MARKERS = {
     "precision": "compares a target with the reference (tensors, detections, COCO AP)",
@@ -26,7 +27,7 @@ MARKERS = {
 }
 
 # The device a marker asks for, checked before the test runs.
-_MARKER_TARGETS = {"npu": TargetSpec("eager", "npu:0"), "cuda": TargetSpec("eager", "cuda:0")}
+_MARKER_TARGETS = {"npu": parse_target("npu:0"), "cuda": parse_target("cuda:0")}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,8 +54,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
     config.stash[settings_key] = resolve_settings(config)
     config.stash[thresholds_key] = resolve_thresholds(config.stash[settings_key])
-    register_report_hooks(config)
+    register_html_hooks(config)
     interrupt_on_sigterm(config)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # At session start rather than configure time: `pytest --help` and `--markers` configure
+    # too, and must not import torch_npu or hash the weights for a report nobody writes.
+    config = session.config
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return  # workers forward their reports to the controller; --collect-only writes no report
+    from pytest_blendmask.perf.timing import host_conditions  # imports torch
+
+    settings = config.stash[settings_key]
+    context = ReportContext(
+        report_dir=settings.report_dir,
+        required=settings.require,
+        environment=collect_environment(config, settings, chosen_targets(config)),
+        perf_context={"grid": settings.perf_grid, "host": host_conditions()},
+    )
+    register_controller(config, context)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -78,6 +97,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker, target in _MARKER_TARGETS.items():
         if item.get_closest_marker(marker) is not None:
-            reason = availability(target)
+            reason = target.skip_reason()
             if reason is not None:
                 pytest.skip(reason)

@@ -21,8 +21,8 @@ import pytest
 
 from pytest_blendmask.perf.grid import GRID_NAMES
 from pytest_blendmask.precision.thresholds import Thresholds, ThresholdsError, load_thresholds
-from pytest_blendmask.report.record import FAMILIES
-from pytest_blendmask.targets import TARGET_FORMS, TargetSpec, parse_device, parse_target
+from pytest_blendmask.results import FAMILIES
+from pytest_blendmask.targets import TARGET_FORMS, Target, parse_device, parse_target
 
 # Mirrors pytest_blendmask.model.CONFIG_NAMES (a unit test keeps them equal): importing the
 # model package loads torch, which `pytest --help` must not do.
@@ -44,8 +44,8 @@ class Settings:
 
     model: str = "lite"
     weights: Path | None = None  # None: shipped weights of lite, else random init (seed 0)
-    targets: tuple[TargetSpec, ...] = ()  # empty: auto-selected on first use
-    reference: TargetSpec = TargetSpec("eager", "cpu")
+    targets: tuple[Target, ...] = ()  # empty: auto-selected on first use
+    reference: Target = parse_target("cpu")
     thresholds: Path | None = None  # None: the packaged default thresholds
     input_size: tuple[int, int] | None = None  # (H, W); None: the model config's square size
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -122,7 +122,7 @@ def parse_devices(text: str) -> tuple[str, ...]:
         raise ValueError(f"{exc} in {text!r}") from None
 
 
-def parse_targets(specs: Sequence[str]) -> tuple[TargetSpec, ...]:
+def parse_targets(specs: Sequence[str]) -> tuple[Target, ...]:
     """Target specs from a repeated flag or an ini line list."""
     return tuple(parse_target(spec) for spec in specs)
 
@@ -218,7 +218,7 @@ OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
 def _default_text(value: Any) -> str | None:
     if value is None or value == ():
         return None
-    if isinstance(value, TargetSpec):
+    if isinstance(value, Target):
         return value.id
     if isinstance(value, tuple):
         return ",".join(map(str, value))

@@ -29,10 +29,10 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
 
 from ..data import TRAIN_SEED, generate_sample
-from ..targets import ORT_PROVIDER_PACKAGES
 from .export import INPUT_NAME, ExportedModel, load_checked, run_in_batches
+from .providers import ORT_PROVIDER_PACKAGES, ORT_PROVIDERS
 
-CPU_PROVIDER = "CPUExecutionProvider"
+CPU_PROVIDER = ORT_PROVIDERS["cpu"]
 ORT_PRECISIONS = ("fp32", "fp16", "int8")
 OPTIMIZATION_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

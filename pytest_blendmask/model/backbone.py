@@ -16,8 +16,11 @@ class ModulatedDeformConvNorm(nn.Module):
     """DCNv2 3x3 conv (no bias) + norm, fed by its sibling ``conv2_offset``.
 
     The 27 offset channels are 18 interleaved (dy, dx) offsets, the layout
-    ``torchvision.ops.deform_conv2d`` expects, followed by 9 mask logits.
+    ``torchvision.ops.deform_conv2d`` expects, followed by 9 mask logits. ``deform_conv`` is
+    the operator called, torchvision's unless ``ops.selection.use_deform_conv`` swaps it.
     """
+
+    deform_conv = staticmethod(deform_conv2d)
 
     def __init__(self, channels: int, stride: int, norm: nn.Module) -> None:
         super().__init__()
@@ -28,7 +31,7 @@ class ModulatedDeformConvNorm(nn.Module):
 
     def forward(self, x: Tensor, offset_mask: Tensor) -> Tensor:
         offset, mask = offset_mask[:, :18], offset_mask[:, 18:].sigmoid()
-        out = deform_conv2d(x, offset, self.weight, stride=self.stride, padding=1, mask=mask)
+        out = self.deform_conv(x, offset, self.weight, stride=self.stride, padding=1, mask=mask)
         return self.norm(out)
 
 

@@ -23,45 +23,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-from pytest_blendmask.targets import Dtype, TargetSpec, availability
+from pytest_blendmask.perf.ladder import MODES, GridDtype, PointConfig
+from pytest_blendmask.targets import Target, parse_target
 
 GRID_NAMES = ("quick", "full")
 NORMS = ("gn", "bn")
-Mode = Literal["serial", "streams"]
-MODES: tuple[Mode, ...] = ("serial", "streams")
 
 QUICK_INPUT_SIZES = ((256, 256),)
 FULL_INPUT_SIZES = ((512, 512), (640, 640))  # seed 000 benchmarked 640x640; the lite config runs 512
 QUICK_BATCH_COUNT = 2
 # The reduced precision each device type runs fast: fp16 on accelerators, bf16 on the CPU.
-HALF_DTYPES: dict[str, Dtype] = {"cpu": "bf16", "cuda": "fp16", "npu": "fp16"}
-FULL_DTYPES: tuple[Dtype, ...] = ("fp32", "fp16", "bf16")
+HALF_DTYPES: dict[str, GridDtype] = {"cpu": "bf16", "cuda": "fp16", "npu": "fp16"}
+FULL_DTYPES: tuple[GridDtype, ...] = ("fp32", "fp16", "bf16")
 STREAM_DEVICE_TYPES = ("cuda", "npu")
 
 
-@dataclass(frozen=True)
-class GridPoint:
-    """One configuration to time."""
-
-    device: str  # cpu, cuda:N, npu:N
-    batch_size: int
-    input_size: tuple[int, int]  # (H, W) of the network input
-    dtype: Dtype  # fp32, or fp16/bf16 under autocast
-    norm: str  # gn or bn: every normalisation slot of the model
-    mode: Mode  # FPN heads one after another, or each level on its own stream
+class GridPoint(PointConfig):
+    """One configuration to time, and the target it runs on (the plain fields live in ``ladder``, which the report reads)."""
 
     @property
-    def id(self) -> str:
-        """The test id, e.g. ``cpu-bs1-256x256-bf16-bn-serial``."""
-        h, w = self.input_size
-        return f"{self.device}-bs{self.batch_size}-{h}x{w}-{self.dtype}-{self.norm}-{self.mode}"
-
-    @property
-    def target(self) -> TargetSpec:
+    def target(self) -> Target:
         """The eager target this point runs on (its id keys the ``[perf."<target>"]`` thresholds)."""
-        return TargetSpec("eager", self.device, self.dtype)
+        return parse_target(self.target_id)
 
 
 @dataclass(frozen=True)
@@ -76,7 +60,7 @@ class GridSpec:
     rounds: int  # model-only rounds timed by pytest-benchmark
     e2e_rounds: int  # end-to-end rounds, timed next to it
 
-    def dtypes(self, device: str) -> tuple[Dtype, ...]:
+    def dtypes(self, device: str) -> tuple[GridDtype, ...]:
         return FULL_DTYPES if self.full_dtypes else ("fp32", HALF_DTYPES[device.split(":")[0]])
 
     def points(self, devices: Sequence[str]) -> list[GridPoint]:
@@ -108,12 +92,13 @@ def grid_spec(name: str, batch_sizes: Sequence[int], input_size: tuple[int, int]
     raise ValueError(f"unknown perf grid {name!r}; expected one of {', '.join(GRID_NAMES)}")
 
 
-def eager_devices(targets: Sequence[TargetSpec]) -> list[str]:
-    """The distinct devices of the eager targets, in order: the grid's device axis.
+def eager_devices(targets: Sequence[Target]) -> list[str]:
+    """The distinct devices the targets are timed on here, in order: the grid's device axis.
 
-    ONNX Runtime and .om targets are not timed here; their runners have their own loops.
+    ONNX Runtime and .om targets are not timed here (``timed_device`` None); their runners
+    have their own loops.
     """
-    return list(dict.fromkeys(t.device for t in targets if t.kind == "eager" and t.device is not None))
+    return list(dict.fromkeys(t.timed_device for t in targets if t.timed_device is not None))
 
 
 def skip_reason(point: GridPoint) -> str | None:
@@ -121,4 +106,4 @@ def skip_reason(point: GridPoint) -> str | None:
     device_type = point.device.split(":")[0]
     if point.mode == "streams" and device_type not in STREAM_DEVICE_TYPES:
         return f"stream-parallel FPN heads need a cuda or npu device; {point.device} has no streams"
-    return availability(point.target)
+    return point.target.skip_reason()

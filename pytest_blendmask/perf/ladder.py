@@ -24,6 +24,12 @@ Both tables compare configurations timed minutes apart, so they use the throughp
 median latency (``throughput_p50_ips``): on a shared machine a few rounds slowed by other
 processes would otherwise decide the comparison. On a quiet machine it equals ais_bench's
 batch / mean, which the points also carry (``throughput_ips``) and the floors are checked on.
+
+A point reaches the report controller inside the test's report, so that a distributed run
+loses none: a measured point in its perf record's ``perf_point`` extra, a skipped one under
+``results.PERF_POINT_KEY`` in the test's ``user_properties``. This module imports nothing of
+the package, so that the report may use it: the grid's ``GridPoint`` is a ``PointConfig``
+with its target added.
 """
 from __future__ import annotations
 
@@ -31,13 +37,38 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from pytest_blendmask.perf.grid import MODES, GridPoint, Mode
-from pytest_blendmask.targets import Dtype
+from typing import Any, Literal
 
 PERF_REPORT_FILE = "perf_ladder.json"
 SCHEMA_VERSION = 1
+POINT_EXTRA = "perf_point"  # the extra of a grid point's perf record that carries the point
+
+GridDtype = Literal["fp32", "fp16", "bf16"]
+Mode = Literal["serial", "streams"]
+MODES: tuple[Mode, ...] = ("serial", "streams")
+
+
+@dataclass(frozen=True)
+class PointConfig:
+    """One configuration to time, as plain values."""
+
+    device: str  # cpu, cuda:N, npu:N
+    batch_size: int
+    input_size: tuple[int, int]  # (H, W) of the network input
+    dtype: GridDtype  # fp32, or fp16/bf16 under autocast
+    norm: str  # gn or bn: every normalisation slot of the model
+    mode: Mode  # FPN heads one after another, or each level on its own stream
+
+    @property
+    def id(self) -> str:
+        """The test id, e.g. ``cpu-bs1-256x256-bf16-bn-serial``."""
+        h, w = self.input_size
+        return f"{self.device}-bs{self.batch_size}-{h}x{w}-{self.dtype}-{self.norm}-{self.mode}"
+
+    @property
+    def target_id(self) -> str:
+        """The spec of the eager target this runs on, e.g. ``cpu:bf16`` (it keys the ``[perf."<target>"]`` thresholds)."""
+        return self.device if self.dtype == "fp32" else f"{self.device}:{self.dtype}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +76,7 @@ class PerfPoint:
     """A grid point of one model and what was measured there; the numbers are None when it was skipped."""
 
     model: str
-    point: GridPoint
+    point: PointConfig
     throughput_ips: float | None = None  # model-only, batch / mean latency (ais_bench)
     throughput_p50_ips: float | None = None  # model-only, batch / median latency
     latency_p50_ms: float | None = None  # model-only, per batch
@@ -68,7 +99,7 @@ class PerfPoint:
     def from_dict(cls, data: dict[str, Any]) -> PerfPoint:
         fields = dict(data)
         height, width = fields.pop("input_size")
-        point = GridPoint(
+        point = PointConfig(
             fields.pop("device"), fields.pop("batch_size"), (height, width),
             fields.pop("dtype"), fields.pop("norm"), fields.pop("mode"),
         )
@@ -99,12 +130,13 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base if value is not None and base else None
 
 
-def _index(points: Iterable[PerfPoint]) -> dict[tuple[str, GridPoint], PerfPoint]:
-    return {(p.model, p.point): p for p in points}
+def _index(points: Iterable[PerfPoint]) -> dict[tuple[str, str], PerfPoint]:
+    # Keyed by the point's id, not the point: a grid's GridPoint and its PointConfig differ in type only.
+    return {(p.model, p.point.id): p for p in points}
 
 
 def build_ladder(
-    points: Iterable[PerfPoint], *, model: str, device: str, batch_size: int, input_size: tuple[int, int], half: Dtype
+    points: Iterable[PerfPoint], *, model: str, device: str, batch_size: int, input_size: tuple[int, int], half: GridDtype
 ) -> dict[str, Any]:
     """The five rungs at one (model, device, batch size, input size), half being fp16 or bf16.
 
@@ -114,9 +146,9 @@ def build_ladder(
     rows = []
     baseline: float | None = None
     for step in LADDER_STEPS:
-        dtype: Dtype = half if step.half else "fp32"
-        key = GridPoint(device, batch_size, input_size, dtype, step.norm, step.mode)
-        point = found.get((model, key))
+        dtype: GridDtype = half if step.half else "fp32"
+        key = PointConfig(device, batch_size, input_size, dtype, step.norm, step.mode)
+        point = found.get((model, key.id))
         throughput = point.throughput_p50_ips if point else None
         note = (point.skip_reason if point else None) or "not in the grid"
         if step.key == "baseline":
@@ -154,18 +186,19 @@ def build_ladders(points: Sequence[PerfPoint]) -> list[dict[str, Any]]:
 
 
 def build_streams_table(
-    points: Iterable[PerfPoint], *, model: str, device: str, dtype: Dtype, norm: str, input_size: tuple[int, int]
+    points: Iterable[PerfPoint], *, model: str, device: str, dtype: GridDtype, norm: str, input_size: tuple[int, int]
 ) -> dict[str, Any]:
     """Serial against stream-parallel throughput per batch size at one configuration."""
     found = _index(points)
     batch_sizes = sorted({
-        point.batch_size for (m, point) in found
-        if (m, point.device, point.dtype, point.norm, point.input_size) == (model, device, dtype, norm, input_size)
+        p.point.batch_size for p in found.values()
+        if (p.model, p.point.device, p.point.dtype, p.point.norm, p.point.input_size)
+        == (model, device, dtype, norm, input_size)
     })
     rows = []
     for batch in batch_sizes:
         serial, streams = (
-            found.get((model, GridPoint(device, batch, input_size, dtype, norm, mode))) for mode in MODES
+            found.get((model, PointConfig(device, batch, input_size, dtype, norm, mode).id)) for mode in MODES
         )
         serial_ips = serial.throughput_p50_ips if serial else None
         streams_ips = streams.throughput_p50_ips if streams else None
@@ -210,7 +243,7 @@ def gate_points(points: Iterable[PerfPoint], target: str) -> GatePoints:
     Floors are about what the port can reach, so the best configuration is gated; the
     largest input size keeps a small quick-grid size from passing a floor set for 640x640.
     """
-    mine = [p for p in points if p.measured and p.point.target.id == target]
+    mine = [p for p in points if p.measured and p.point.target_id == target]
     if not mine:
         return GatePoints(None, None)
     largest = max(h * w for h, w in (p.point.input_size for p in mine))

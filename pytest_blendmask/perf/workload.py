@@ -19,7 +19,7 @@ from torch import Tensor
 
 from pytest_blendmask.data import generate_sample
 from pytest_blendmask.data.preprocess import encode_bgr_jpeg, tensor_preprocess
-from pytest_blendmask.targets import Dtype, autocast
+from pytest_blendmask.dtypes import Dtype, autocast
 
 # A seed of its own, so that perf images are not the evaluation or training images.
 PERF_IMAGE_SEED = 5

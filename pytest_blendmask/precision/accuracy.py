@@ -1,8 +1,9 @@
 """Task accuracy: COCO box and mask AP of any target on a COCO-format split (pycocotools).
 
 ``detections_to_coco`` turns the model's per-image detections into COCO result entries,
-``coco_ap`` scores result entries against ground truth with ``COCOeval``, and ``evaluate``
-runs a model on a target over a split and returns an ``AccuracyResult``. All AP values are
+``coco_ap`` scores result entries against ground truth with ``COCOeval``, and
+``AccuracyResult`` holds a target's scores (``pytest_blendmask.evaluation`` runs a target
+over a split and makes one). All AP values are
 COCO's, times 100: AP is the mean over IoU thresholds 0.50:0.05:0.95 and over categories of
 the 101-point interpolated precision, with at most 100 detections per image.
 """
@@ -11,23 +12,18 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..data import category_id, encode_mask, ensure_split, load_split, read_image
-from ..targets import TargetSpec, availability, forward_on_target, parse_target, to_device
+from ..data import category_id, encode_mask
 
 IouType = Literal["bbox", "segm"]
-RunRaw = Callable[[Tensor], dict[str, Tensor]]
 
 MAX_DETS_PER_IMAGE = 100  # COCO's cap, COCOeval's largest maxDets
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
@@ -132,67 +128,3 @@ def coco_ap(
         evaluator.accumulate()
         evaluator.summarize()
     return {name: (math.nan if v < 0 else float(v) * 100) for name, v in zip(STAT_NAMES, evaluator.stats)}
-
-
-def evaluate(
-    model: nn.Module,
-    target: TargetSpec | str,
-    split_path: Path | None = None,
-    limit: int | None = None,
-    batch_size: int = 4,
-    run_raw: RunRaw | None = None,
-) -> AccuracyResult:
-    """COCO box and mask AP of ``model`` run on ``target`` over a split.
-
-    Each batch is preprocessed on the CPU, run by ``run_raw`` (default: a copy of the model
-    on ``target``'s device, under its autocast), and post-processed on the host in float32 by
-    the CPU model, so only the raw network differs between targets.
-
-    Args:
-        model: a BlendMask on the CPU, eval mode.
-        target: the target spec; it names the result and, without ``run_raw``, runs the model.
-        split_path: a split directory (``ensure_split``); the cached evaluation split when None.
-        limit: evaluate only the first ``limit`` images (by image id); all when None.
-        batch_size: images per ``run_raw`` call.
-        run_raw: ``batch Tensor[N, 3, H, W] -> raw dict`` replacing the eager run, for
-            targets that are not eager (ONNX Runtime, .om) and for tests.
-
-    Raises:
-        ValueError: a bad target spec, or one that cannot run on this machine (the reason).
-    """
-    spec = parse_target(target) if isinstance(target, str) else target
-    if run_raw is None:
-        reason = availability(spec)
-        if reason is not None:
-            raise ValueError(f"target {spec.id} cannot run here: {reason}")
-        # One copy on the device for the whole split, not one per batch.
-        run_raw = partial(forward_on_target, to_device(model, spec), spec=spec)
-    split = load_split(split_path if split_path is not None else ensure_split())
-    images = sorted(split.coco["images"], key=lambda im: im["id"])[:limit]
-    paths = split.image_paths[: len(images)]
-
-    results: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    for first in range(0, len(images), batch_size):
-        chunk = slice(first, first + batch_size)
-        tensors = [torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in paths[chunk]]
-        batch, sizes = model.preprocess(tensors)
-        raw = {name: t.float().cpu() for name, t in run_raw(batch).items()}
-        for image, dets in zip(images[chunk], model.postprocess(raw, sizes)):
-            results += detections_to_coco(dets, image["id"])
-    seconds = time.perf_counter() - start
-
-    image_ids = [im["id"] for im in images]
-    bbox = coco_ap(split.coco, results, "bbox", image_ids)
-    segm = coco_ap(split.coco, results, "segm", image_ids)
-    return AccuracyResult(
-        target=spec.id,
-        num_images=len(images),
-        bbox_AP=bbox["AP"],
-        bbox_AP50=bbox["AP50"],
-        bbox_AP75=bbox["AP75"],
-        segm_AP=segm["AP"],
-        segm_AP50=segm["AP50"],
-        segm_AP75=segm["AP75"],
-        seconds=seconds,
-    )

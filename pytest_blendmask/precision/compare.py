@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .dump import Dump, DumpEntry
+from torch import Tensor
+
+from .dump import Dump, DumpEntry, dump_from_outputs
 from .metrics import TensorMetrics, tensor_metrics
 from .thresholds import Limit, TensorThresholds
 
@@ -192,6 +194,12 @@ def compare(reference: Dump, dut: Dump, limits: TensorThresholds, workers: int |
         failures=tuple(failures),
         required={MEAN_KEY: mean_error, **_required(layers)},
     )
+
+
+def compare_outputs(reference: dict[str, Tensor], dut: dict[str, Tensor], limits: TensorThresholds) -> ComparisonResult:
+    """``compare`` of named graph outputs (an exported or compiled model's against PyTorch's),
+    each output one layer (``dump_from_outputs``)."""
+    return compare(dump_from_outputs(reference), dump_from_outputs(dut), limits)
 
 
 def _layer_line(label: str, layer: LayerComparison) -> str:

@@ -1,16 +1,11 @@
 """One-to-one matching of detections from a target under test to the reference's."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
-
-if TYPE_CHECKING:
-    from .thresholds import DetectionThresholds
 
 
 @dataclass(frozen=True)
@@ -250,28 +245,3 @@ def detection_metrics(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_thresh
         dice_min=dice_min,
     )
 
-
-class DetectionGate(NamedTuple):
-    """One detection-level gate: a ``DetectionMetrics`` field, worst over images, against a limit."""
-
-    field: str  # the DetectionMetrics field
-    key: str  # the DetectionThresholds key that bounds it
-    op: str  # "<=": upper limit; ">=": lower limit
-    unit: str
-    worst: Callable[[Iterable[float]], float]  # max for an upper limit, min for a lower one
-
-    def measure(self, per_image: Sequence[DetectionMetrics], limits: DetectionThresholds) -> tuple[float, float, bool]:
-        """(worst value over the images, limit, passed); a value equal to the limit passes."""
-        value = self.worst(getattr(m, self.field) for m in per_image)
-        limit = getattr(limits, self.key)
-        return value, limit, value <= limit if self.op == "<=" else value >= limit
-
-
-DETECTION_GATES = (
-    DetectionGate("box_error", "max_box_error", "<=", "fraction of image side", max),
-    DetectionGate("score_relative_error", "max_score_relative_error", "<=", "", max),
-    DetectionGate("class_agreement", "min_class_agreement", ">=", "", min),
-    DetectionGate("top5_class_overlap", "min_top5_class_overlap", ">=", "", min),
-    DetectionGate("mask_iou", "min_mask_iou", ">=", "", min),
-    DetectionGate("unmatched_fraction", "max_unmatched_fraction", "<=", "", max),
-)

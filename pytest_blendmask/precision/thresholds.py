@@ -5,6 +5,8 @@ Layout (``thresholds_default.toml`` documents every key: formula, unit, what is 
     [precision.tensor.<precision>]       per-layer tensor limits, + optional .overrides
     [precision.detection.<precision>]    matched-detection limits
     [precision.accuracy.<precision>]     COCO AP drop limits
+    [precision.operator.<fp precision>]  per-dtype operator standards (fp32, fp16, bf16 only:
+                                         operators run eagerly, never in int8)
     [perf.default], [perf."<target>"]    performance floors; a target without its own
                                          section uses perf.default
 
@@ -36,6 +38,8 @@ else:  # pragma: no cover - the project runs 3.11; tomli is the same parser for 
     import tomli as tomllib
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+OPERATOR_PRECISIONS = ("fp32", "fp16", "bf16")
+OPERATOR = "operator"
 DEFAULT_FILE = "thresholds_default.toml"
 PERF_DEFAULT = "default"
 OVERRIDES = "overrides"
@@ -121,6 +125,12 @@ class TensorThresholds:
                 return tuple(limits.values()), override.pattern
         return tuple(limits.values()), None
 
+    def layer_limit(self, layer: str, key: str) -> float:
+        """The per-layer limit ``key`` (one of ``PER_LAYER_KEYS``) that applies to ``layer``."""
+        if key not in self.PER_LAYER_KEYS:
+            raise ValueError(f"{key!r} is not a per-layer key; per-layer keys: {', '.join(self.PER_LAYER_KEYS)}")
+        return next(limit.value for limit in self.layer_limits(layer)[0] if limit.key == key)
+
 
 @dataclass(frozen=True)
 class DetectionThresholds:
@@ -141,6 +151,19 @@ class AccuracyThresholds:
 
     max_box_ap_drop: float = _number()
     max_mask_ap_drop: float = _number()
+
+
+@dataclass(frozen=True)
+class OperatorThresholds:
+    """One dtype's operator standards (rules defined in ``precision/op_standards.py``)."""
+
+    max_relative_error: float = _number(0.0)
+    small_value: float = _number(0.0)
+    max_small_value_error: float = _number(0.0)
+    max_position_error: float = _number(0.0)
+    ulp_threshold: float = _number(0.0)
+    max_share_above_ulp_threshold: float = _number(**FRACTION)
+    nms_iou_tie_tolerance: float = _number(**FRACTION)
 
 
 @dataclass(frozen=True)
@@ -165,6 +188,7 @@ class Thresholds:
     accuracy: dict[str, AccuracyThresholds]
     perf: dict[str, PerfThresholds]
     perf_by_model: dict[str, dict[str, PerfThresholds]] = field(default_factory=dict)
+    operator: dict[str, OperatorThresholds] = field(default_factory=dict)
 
     def perf_for(self, target: str, model: str | None = None) -> PerfThresholds:
         """The most specific perf section: ``[perf."<target>".<model>]``, ``[perf."<target>"]``,
@@ -261,6 +285,15 @@ class _Reader:
             values[OVERRIDES] = self.overrides(table, f"{where}.{OVERRIDES}", specs)
         return cls(**values)
 
+    def per_precision(
+        self, precision: Mapping[str, Any], family: str, cls: type[_Section], precisions: tuple[str, ...]
+    ) -> dict[str, _Section]:
+        """``[precision.<family>.<p>]`` as a ``cls`` section for every ``p`` of ``precisions``."""
+        where = f"precision.{family}"
+        by_precision = self.table(precision, family, where)
+        self.known_keys(by_precision, list(precisions), where, "precision")
+        return {p: self.section(cls, self.table(by_precision, p, f"{where}.{p}"), f"{where}.{p}") for p in precisions}
+
     def overrides(self, table: Mapping[str, Any], where: str, specs: Mapping[str, Any]) -> tuple[LayerOverride, ...]:
         patterns = self.table(table, OVERRIDES, where)
         result = []
@@ -277,15 +310,9 @@ def parse_thresholds(document: Mapping[str, Any], path: Path) -> Thresholds:
     reader = _Reader(path)
     reader.known_keys(document, ["precision", "perf"], "top level", "section")
     precision = reader.table(document, "precision", "precision")
-    reader.known_keys(precision, list(FAMILIES), "precision", "section")
-    families: dict[str, Mapping[str, Any]] = {}
-    for family, cls in FAMILIES.items():
-        where = f"precision.{family}"
-        by_precision = reader.table(precision, family, where)
-        reader.known_keys(by_precision, list(PRECISIONS), where, "precision")
-        families[family] = {
-            p: reader.section(cls, reader.table(by_precision, p, f"{where}.{p}"), f"{where}.{p}") for p in PRECISIONS
-        }
+    reader.known_keys(precision, [*FAMILIES, OPERATOR], "precision", "section")
+    families = {family: reader.per_precision(precision, family, cls, PRECISIONS) for family, cls in FAMILIES.items()}
+    operator = reader.per_precision(precision, OPERATOR, OperatorThresholds, OPERATOR_PRECISIONS)
     perf = reader.table(document, "perf", "perf")
     reader.table(perf, PERF_DEFAULT, f"perf.{PERF_DEFAULT}")
     perf_sections: dict[str, PerfThresholds] = {}
@@ -304,7 +331,7 @@ def parse_thresholds(document: Mapping[str, Any], path: Path) -> Thresholds:
     if PERF_DEFAULT not in perf_sections:
         reader.section(PerfThresholds, {}, f"perf.{PERF_DEFAULT}")  # raises: names the missing keys
     return Thresholds(
-        path, families["tensor"], families["detection"], families["accuracy"], perf_sections, perf_by_model
+        path, families["tensor"], families["detection"], families["accuracy"], perf_sections, perf_by_model, operator
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_blendmask.report.record import TAGS_KEY, records_in
+from pytest_blendmask.results import PERF_POINT_KEY, TAGS_KEY, records_in
 
 # "incomplete": set up but never reported a call (the run was interrupted inside it).
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "incomplete")
@@ -32,6 +32,7 @@ class TestOutcome:
     tags: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # why it skipped, or the failure's one-line message
+    perf_point: dict[str, Any] | None = None  # the perf grid point it skipped (PERF_POINT_KEY)
 
 
 def skip_reason(report: pytest.TestReport) -> str:
@@ -76,6 +77,7 @@ class Collector:
         test = self.tests.setdefault(report.nodeid, TestOutcome(report.nodeid))
         test.records = records_in(report.user_properties)
         test.tags = next((list(v) for k, v in report.user_properties if k == TAGS_KEY), test.tags)
+        test.perf_point = next((dict(v) for k, v in report.user_properties if k == PERF_POINT_KEY), test.perf_point)
         outcome = _phase_outcome(report)
         if outcome is None or test.outcome in ("failed", "error"):
             return  # a passing phase changes nothing; a failure is never overwritten

@@ -1,36 +1,51 @@
 """The report controller: a plugin object that gathers every test's outcome and writes the reports.
 
-It is an object registered from ``pytest_configure`` rather than module-level hooks in
+It is an object registered at session start rather than module-level hooks in
 ``plugin.py`` because ``pytest_runtest_logreport`` receives only the report: the gathered
 state has to live on an object (as pytest-html's ``Report`` and xdist's ``DSession`` do).
 It is registered in the controller process only; xdist workers forward their reports to
 it. ``pytest_sessionfinish`` runs after an interrupted run too (pytest passes
 ``ExitCode.INTERRUPTED``), so the reports are written whatever happened.
+
+What it knows of the session beyond the reports is handed to it once, as plain values
+(``ReportContext``): the report reads no settings, targets or model of its own.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_blendmask.fixtures import chosen_targets, settings_key
 from pytest_blendmask.report.collect import Collector, TestOutcome, failure_message
-from pytest_blendmask.report.environment import collect_environment
 from pytest_blendmask.report.final import build_final_report, write_final_report
-from pytest_blendmask.report.record import FAMILIES
+from pytest_blendmask.report.ladder import write_ladder
+from pytest_blendmask.results import FAMILIES
 
 final_report_key = pytest.StashKey[dict[str, Any]]()
 CONTROLLER_NAME = "blendmask-report"
 HTML_HOOKS_NAME = "blendmask-html"
 
 
-class ReportController:
-    """Gathers outcomes from ``pytest_runtest_logreport``; writes FINAL_REPORT at session end."""
+@dataclass(frozen=True)
+class ReportContext:
+    """The session as the reports describe it, captured when it starts."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    report_dir: Path
+    required: tuple[str, ...]  # the --bm-require tags
+    environment: Mapping[str, Any]  # FINAL_REPORT's environment block
+    perf_context: Mapping[str, Any]  # perf_ladder.json's context: the grid's name and the host's conditions
+
+
+class ReportController:
+    """Gathers outcomes from ``pytest_runtest_logreport``; writes FINAL_REPORT (and the perf ladder) at session end."""
+
+    def __init__(self, config: pytest.Config, context: ReportContext) -> None:
         self.config = config
+        self.context = context
         self.collector = Collector()
         self.collect_errors: list[TestOutcome] = []
         self.started = datetime.now(timezone.utc)
@@ -45,7 +60,6 @@ class ReportController:
 
     def build(self, exitstatus: int) -> dict[str, Any]:
         """The final report of the run so far, given pytest's exit status."""
-        settings = self.config.stash[settings_key]
         finished = datetime.now(timezone.utc)
         run = {
             "started": self.started.isoformat(),
@@ -57,20 +71,19 @@ class ReportController:
             list(self.collector.tests.values()),
             self.collect_errors,
             exitstatus=exitstatus,
-            required=settings.require,
-            environment=collect_environment(self.config, settings, chosen_targets(self.config)),
+            required=self.context.required,
+            environment=self.context.environment,
             run=run,
         )
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.config.option.collectonly:
-            return  # nothing ran: an empty report would overwrite the last real one
         report = self.build(exitstatus)
         self.config.stash[final_report_key] = report
-        self.written = write_final_report(self.config.stash[settings_key].report_dir, report)
+        self.written = write_final_report(self.context.report_dir, report)
         if report["verdict"] == "fail" and exitstatus == pytest.ExitCode.OK:
             # A gate failed without a failing test (a --bm-require skip, a bare record).
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        write_ladder(self.context.report_dir, self.collector.tests.values(), self.context.perf_context)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         report = self.config.stash.get(final_report_key, None)
@@ -89,10 +102,13 @@ class ReportController:
         terminalreporter.write_line(f"reports: {', '.join(map(str, self.written))}")
 
 
-def register_report_hooks(config: pytest.Config) -> None:
-    """Register the controller (not on xdist workers) and, with ``--html``, the pytest-html hooks."""
-    if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(ReportController(config), CONTROLLER_NAME)
+def register_controller(config: pytest.Config, context: ReportContext) -> None:
+    """Register the controller; in the controller process only (xdist workers forward their reports)."""
+    config.pluginmanager.register(ReportController(config, context), CONTROLLER_NAME)
+
+
+def register_html_hooks(config: pytest.Config) -> None:
+    """With ``--html``, register the pytest-html hooks (in every process: workers build the per-test extras)."""
     if config.pluginmanager.hasplugin("html") and config.getoption("htmlpath", None):
         from pytest_blendmask.report.html import HtmlHooks  # imports pytest_html and matplotlib
 

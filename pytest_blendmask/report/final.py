@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from pytest_blendmask.report.collect import OUTCOMES, TestOutcome
-from pytest_blendmask.report.record import FAMILIES
 from pytest_blendmask.report.tables import Table, report_tables, short_test_id
+from pytest_blendmask.results import FAMILIES
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("report_schema.json")

@@ -16,8 +16,8 @@ import pytest
 from pytest_html import extras
 
 from pytest_blendmask.report import plots
-from pytest_blendmask.report.record import records_in
 from pytest_blendmask.report.tables import FAMILY_TITLES, Table, report_tables
+from pytest_blendmask.results import records_in
 
 _STYLE = """<style>
 .bm-verdict {padding: 8px 12px; margin: 8px 0; border-radius: 4px; font-size: 14px; color: #222;}

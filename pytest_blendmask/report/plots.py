@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pytest_blendmask.report.record import is_finite_number
+from pytest_blendmask.results import is_finite_number
 
 SIZE_INCHES = (9.0, 3.6)
 DPI = 100

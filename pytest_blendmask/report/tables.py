@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_blendmask.report.record import FAMILIES
+from pytest_blendmask.results import FAMILIES
 
 FAMILY_TITLES = {"precision": "Precision", "perf": "Performance", "atc": "ATC / compiled model"}
 RECORD_HEADERS = ("Test", "Target", "Metric", "Value", "Limit", "Unit", "Result", "Detail")

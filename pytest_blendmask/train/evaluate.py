@@ -1,4 +1,4 @@
-"""Progress and final COCO AP of a model being trained, through ``precision.accuracy.evaluate``."""
+"""Progress and final COCO AP of a model being trained, through ``evaluation.evaluate``."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..precision.accuracy import evaluate
+from ..evaluation import evaluate
 
 
 def coco_ap(

@@ -5,15 +5,16 @@ import pytest
 import torch
 
 from pytest_blendmask.atc.atc import AtcOptions, compile_om
-from pytest_blendmask.precision.metrics import relative_l2_error
-from pytest_blendmask.targets import TargetSpec, availability
+from pytest_blendmask.gates import OUTPUT_PARITY, judge
+from pytest_blendmask.precision.compare import compare_outputs
+from pytest_blendmask.targets import parse_target
 
 pytestmark = pytest.mark.atc
 
 
 @pytest.mark.parametrize("precision_mode", ["allow_fp32_to_fp16", "force_fp16", "must_keep_origin_dtype"])
 def test_atc_compiles(onnx_model, bm_settings, tmp_path, bm_record, precision_mode):
-    reason = availability(TargetSpec("om", None))
+    reason = parse_target("om").skip_reason("compile")
     if reason is not None:
         pytest.skip(reason)
     options = AtcOptions(bm_settings.soc_version, precision_mode=precision_mode)
@@ -31,8 +32,5 @@ def test_om_outputs_match_pytorch(compiled_om, onnx_model, blendmask_model, samp
     raw = runner(sample_batch.tensor[:1])
     with torch.inference_mode():
         reference = blendmask_model.forward_raw(sample_batch.tensor[:1])
-    errors = {name: relative_l2_error(raw[name], reference[name]) for name in reference}
-    worst = max(errors, key=errors.get)
-    limit = thresholds.tensor["fp16"].max_relative_l2_error
-    bm_record("atc", "om", "worst_output_relative_l2_error", errors[worst], limit, "", errors[worst] <= limit, op="<=",
-              detail=f"worst output {worst}")
+    limits = thresholds.tensor["fp16"]
+    judge(bm_record, OUTPUT_PARITY, "om", compare_outputs(reference, raw, limits), limits)

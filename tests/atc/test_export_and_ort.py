@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
@@ -12,8 +11,9 @@ from pytest_blendmask.atc.aipp import aipp_for_model, prepend_aipp
 from pytest_blendmask.atc.export import OPSETS, export_onnx, load_checked, run_in_batches, scale_factor_resizes
 from pytest_blendmask.atc.ort import CPU_PROVIDER, build_ort_runner, create_session, nodes_of_type, optimize_model
 from pytest_blendmask.model import build_model
-from pytest_blendmask.precision.accuracy import evaluate
-from pytest_blendmask.precision.metrics import relative_l2_error
+from pytest_blendmask.evaluation import evaluate
+from pytest_blendmask.gates import OUTPUT_PARITY, judge
+from pytest_blendmask.precision.compare import compare_outputs
 from pytest_blendmask.targets import parse_target
 
 pytestmark = pytest.mark.atc
@@ -29,12 +29,6 @@ def reference_raw(blendmask_model, sample_batch):
         return blendmask_model.forward_raw(sample_batch.tensor)
 
 
-def _worst_output(raw, reference):
-    errors = {name: relative_l2_error(raw[name], reference[name]) for name in reference}
-    name = max(errors, key=errors.get)
-    return name, errors[name]
-
-
 @pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("opset", OPSETS)
 def test_export_runs_in_onnx_runtime_like_pytorch(blendmask_model, sample_batch, reference_raw, thresholds, bm_record, opset, dynamic_batch):
@@ -44,11 +38,10 @@ def test_export_runs_in_onnx_runtime_like_pytorch(blendmask_model, sample_batch,
     assert list(exported.output_names) == list(reference_raw), "ONNX outputs must be forward_raw's tensors, in order"
     assert scale_factor_resizes(proto) == [], "scale-factor resizes break converters (spec section 10)"
     runner = build_ort_runner(exported)
-    name, worst = _worst_output(run_in_batches(runner, sample_batch.tensor, exported.batch_limit), reference_raw)
-    limit = thresholds.tensor["fp32"].max_relative_l2_error
+    limits = thresholds.tensor["fp32"]
+    parity = compare_outputs(reference_raw, run_in_batches(runner, sample_batch.tensor, exported.batch_limit), limits)
     target = f"onnx opset {opset} {'dynamic' if dynamic_batch else 'static'}"
-    bm_record("atc", target, "worst_output_relative_l2_error", worst, limit, "", worst <= limit, op="<=",
-              detail=f"worst output {name}", export_seconds=exported.export_seconds)
+    judge(bm_record, OUTPUT_PARITY, target, parity, limits, export_seconds=exported.export_seconds)
 
 
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
@@ -74,9 +67,9 @@ def test_aipp_folded_model_equals_pytorch_preprocessing(blendmask_model, sample_
     outputs = dict(zip(onnx_model.output_names, session.run(None, {"image": image})))
     with torch.inference_mode():
         reference = blendmask_model.forward_raw(sample_batch.tensor[:1])
-    name, worst = _worst_output({k: torch.from_numpy(v) for k, v in outputs.items()}, reference)
-    limit = thresholds.tensor["fp32"].max_relative_l2_error
-    bm_record("atc", "aipp", "worst_output_relative_l2_error", worst, limit, "", worst <= limit, op="<=", detail=f"worst output {name}")
+    limits = thresholds.tensor["fp32"]
+    parity = compare_outputs(reference, {k: torch.from_numpy(v) for k, v in outputs.items()}, limits)
+    judge(bm_record, OUTPUT_PARITY, "aipp", parity, limits)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 
 One test per grid point times the model alone and end to end (``pytest_blendmask.perf``);
 everything measured lands in ``benchmark.extra_info`` (so in ``--benchmark-json``), in a
-record for the report, and in ``perf_points``, from which the ladder JSON is written at
-session end. The gate tests come after the grid in this module, so pytest runs them once
-every point has been measured.
+record for the report and in ``perf_points``, which the floors read. The point travels in
+its record's ``perf_point`` extra (a skipped point under ``PERF_POINT_KEY``), from which the
+report controller writes the ladder JSON at session end. The gate tests come after the grid
+in this module, so pytest runs them once every point has been measured.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import pytest
 import torch
 
 from pytest_blendmask.fixtures import perf_grid_points
+from pytest_blendmask.gates import PERF_FLOOR_GATES, THROUGHPUT_FLOOR, BestPoints, judge_all
 from pytest_blendmask.model import CONFIG_NAMES, build_model
 from pytest_blendmask.perf.grid import GridPoint, GridSpec, skip_reason
 from pytest_blendmask.perf.ladder import PerfPoint, gate_points
 from pytest_blendmask.perf.timing import host_conditions, measure
 from pytest_blendmask.perf.workload import build_workload, synthetic_jpegs
-from pytest_blendmask.placement import pin_target
 from pytest_blendmask.precision.thresholds import Thresholds
+from pytest_blendmask.results import PERF_POINT_KEY
 from pytest_blendmask.settings import SEED, Settings
 
 pytestmark = pytest.mark.perf
@@ -48,16 +50,20 @@ def test_grid_point(
     bm_settings: Settings,
     bm_worker_device: str | None,
     bm_record: Callable[..., Any],
+    request: pytest.FixtureRequest,
 ) -> None:
     model_name = bm_settings.model
     reason = skip_reason(grid_point)
     if reason is None and model_name not in CONFIG_NAMES:
         reason = f"the norm axis needs a named config; {model_name} is a module:factory model"
     if reason is not None:
-        perf_points.append(PerfPoint(model_name, grid_point, skip_reason=reason))
+        skipped = PerfPoint(model_name, grid_point, skip_reason=reason)
+        perf_points.append(skipped)
+        # A skip stores no record: the point rides in user_properties, which its report carries.
+        request.node.user_properties.append((PERF_POINT_KEY, skipped.as_dict()))
         pytest.skip(reason)
 
-    target = pin_target(grid_point.target, bm_worker_device)
+    target = grid_point.target.pinned(bm_worker_device)
     device = torch.device(target.device)
     model = build_model(model_name, norm=grid_point.norm, seed=SEED).to(device).eval()
     encoded = synthetic_jpegs(grid_point.batch_size, grid_point.input_size)
@@ -77,16 +83,19 @@ def test_grid_point(
         "weights": WEIGHTS_NOTE,
     }
     benchmark.extra_info.update(context, **measured.extra_info(), **host_conditions())
-    perf_points.append(PerfPoint(
+    point = PerfPoint(
         model_name, grid_point, throughput_ips=measured.throughput_ips,
         throughput_p50_ips=measured.throughput_p50_ips, latency_p50_ms=measured.model.p50_ms,
         latency_p99_ms=measured.model.p99_ms, e2e_throughput_ips=measured.e2e_throughput_ips,
-    ))
-    # Informational (no limit): one point of the report's latency-against-batch plot per configuration.
+    )
+    perf_points.append(point)
+    # Informational (no limit): one point of the report's latency-against-batch plot per
+    # configuration, and the ladder's point (perf.ladder.POINT_EXTRA).
     bm_record(
         "perf", target.id, f"latency_p50 {grid_point.norm} {grid_point.mode} {h}x{w}", measured.model.p50_ms, None,
         "ms", True, batch_size=grid_point.batch_size, throughput_ips=measured.throughput_ips,
         e2e_throughput_ips=measured.e2e_throughput_ips, first_inference_s=measured.first_inference_s,
+        perf_point=point.as_dict(),
     )
 
 
@@ -101,24 +110,7 @@ def test_perf_floors(
     best = gate_points(perf_points, gate_target)
     if best.throughput is None:
         pytest.skip(f"no grid point of {gate_target} was measured (all skipped, deselected or not benchmarked)")
+    # The latency ceilings are held to the best batch-1 point, when the grid has one.
+    gates = PERF_FLOOR_GATES if best.latency is not None else (THROUGHPUT_FLOOR,)
     floors = thresholds.perf_for(gate_target, bm_settings.model)
-    checks = [("throughput", best.throughput, best.throughput.throughput_ips, floors.min_throughput_ips, "img/s", ">=")]
-    if best.latency is not None:
-        checks += [
-            ("latency_p50", best.latency, best.latency.latency_p50_ms, floors.max_latency_p50_ms, "ms", "<="),
-            ("latency_p99", best.latency, best.latency.latency_p99_ms, floors.max_latency_p99_ms, "ms", "<="),
-        ]
-    failures = []
-    for metric, point, value, limit, unit, op in checks:
-        passed = value >= limit if op == ">=" else value <= limit
-        # Record every verdict before failing, so the report shows all three.
-        try:
-            bm_record(
-                "perf", gate_target, metric, value, limit, unit, passed, op=op, config=point.point.id,
-                detail=f"{metric} of {point.point.id}: {value:.4g} {unit}, limit {op} {limit:g} "
-                       f"(thresholds {thresholds.path.name})",
-            )
-        except AssertionError as exc:
-            failures.append(str(exc))
-    if failures:
-        pytest.fail("; ".join(failures))
+    judge_all(bm_record, gates, gate_target, BestPoints(best, thresholds.path.name), floors)

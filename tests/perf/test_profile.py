@@ -19,7 +19,7 @@ from pytest_blendmask.perf.grid import GridSpec
 from pytest_blendmask.perf.profile import profile_callable, write_summary
 from pytest_blendmask.perf.workload import build_workload, synthetic_jpegs
 from pytest_blendmask.settings import SEED, Settings
-from pytest_blendmask.targets import TargetSpec
+from pytest_blendmask.targets import Target
 
 pytestmark = pytest.mark.perf
 
@@ -27,12 +27,11 @@ ITERATIONS = 2  # the CPU fp16 target runs ~3 s per lite forward (emulated half 
 
 
 def test_profile(
-    dut_target: TargetSpec, perf_grid: GridSpec, bm_settings: Settings, bm_record: Callable[..., Any]
+    dut_target: Target, perf_grid: GridSpec, bm_settings: Settings, bm_record: Callable[..., Any]
 ) -> None:
-    if dut_target.kind != "eager":
+    if dut_target.timed_device is None:
         pytest.skip(f"{dut_target.id}: profiles cover eager PyTorch targets; ONNX Runtime and .om have their own")
-    assert dut_target.device is not None
-    device = torch.device(dut_target.device)
+    device = torch.device(dut_target.timed_device)
     size = perf_grid.input_sizes[0]
     model = build_model(bm_settings.model, seed=SEED).to(device).eval()
     work = build_workload(model, synthetic_jpegs(1, size), size, device, dut_target.dtype, streams=False)

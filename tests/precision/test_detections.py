@@ -1,20 +1,19 @@
-"""Level 2: detections of the device under test matched to the reference's."""
+"""Level 2: detections of the device under test matched to the reference's.
+
+One test per detection gate (``pytest_blendmask.gates.DETECTION_GATES``), each judged
+against ``[precision.detection.<precision>]`` of the thresholds file.
+"""
 from __future__ import annotations
 
 import pytest
 
-from pytest_blendmask.precision.match import DETECTION_GATES, DetectionGate
-from pytest_blendmask.runners import precision_of
+from pytest_blendmask.gates import DETECTION_GATES, Gate, judge
 
 pytestmark = pytest.mark.precision
 
 
-@pytest.mark.parametrize("gate", DETECTION_GATES, ids=[g.field for g in DETECTION_GATES])
-def test_detection_gate(dut_target, reference_target, target_run, detection_comparison, thresholds, bm_record, gate: DetectionGate):
+@pytest.mark.parametrize("gate", DETECTION_GATES, ids=[g.name for g in DETECTION_GATES])
+def test_detection_gate(dut_target, reference_target, target_run, detection_comparison, thresholds, bm_record, gate: Gate):
     if sum(len(d["scores"]) for d in target_run(reference_target).detections) == 0:
         pytest.skip("the reference detects nothing on the sample batch (random weights?): no detection to compare")
-    per_image = detection_comparison(dut_target)
-    value, limit, passed = gate.measure(per_image, thresholds.detection[precision_of(dut_target)])
-    counts = ", ".join(f"image {i}: {m.matched}/{m.num_ref} matched ({m.num_dut} on target)" for i, m in enumerate(per_image))
-    detail = f"{gate.field} {value:.4g} vs limit {limit} ({counts})"
-    bm_record("precision", dut_target.id, gate.field, value, limit, gate.unit, passed, op=gate.op, detail=detail)
+    judge(bm_record, gate, dut_target.id, detection_comparison(dut_target), thresholds.detection[dut_target.precision])

@@ -14,7 +14,8 @@ from pytest_blendmask.data import ensure_split, generate_sample, load_split, to_
 from pytest_blendmask.data.coco import categories, instance_annotations
 from pytest_blendmask.data.synthetic import Instance
 from pytest_blendmask.model import build_model
-from pytest_blendmask.precision.accuracy import AccuracyResult, coco_ap, detections_to_coco, evaluate
+from pytest_blendmask.evaluation import evaluate
+from pytest_blendmask.precision.accuracy import AccuracyResult, coco_ap, detections_to_coco
 
 SIZE = 64
 TINY_SPLIT_SEED = 7

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from pytest_blendmask.data import EVAL_SEED, generate_sample
+from pytest_blendmask.gates import DETECTION_GATES, TENSOR_GATES, WORST_LAYER_ERROR, Verdict, evaluate
 from pytest_blendmask.model import build_model, load_weights
 from pytest_blendmask.model.weights import adapt_official_keys
 from pytest_blendmask.precision.compare import compare, describe
 from pytest_blendmask.precision.dump import dump_from_outputs
-from pytest_blendmask.precision.match import DETECTION_GATES, detection_metrics
+from pytest_blendmask.precision.match import detection_metrics
 from pytest_blendmask.precision.thresholds import load_thresholds
-from pytest_blendmask.runners import compiled_runner, run_target
 from pytest_blendmask.settings import packaged_file
-from pytest_blendmask.targets import parse_target
+from pytest_blendmask.targets import LoadContext, parse_target
 
 from .golden import load_golden
 
@@ -33,6 +33,12 @@ def batch_of(model, seeds, size=SIZE):
     return model.preprocess(images)
 
 
+def failed_tensor_gates(result, precision) -> dict[str, Verdict]:
+    """The acceptance suite's tensor gates that fail on ``result``, by recorded name."""
+    verdicts = (evaluate(gate, result, THRESHOLDS.tensor[precision]) for gate in TENSOR_GATES)
+    return {verdict.gate.name: verdict for verdict in verdicts if not verdict.passed}
+
+
 @pytest.fixture(scope="module")
 def lite():
     return build_model("lite")
@@ -41,7 +47,7 @@ def lite():
 @pytest.fixture(scope="module")
 def reference(lite):
     batch, sizes = batch_of(lite, [0])
-    return run_target(CPU, lite, batch, sizes), batch, sizes
+    return CPU.run(lite, batch, sizes), batch, sizes
 
 
 def _scale_output(model, name, factor):
@@ -89,9 +95,12 @@ def test_fault_fails_the_tensor_gate_and_names_the_layer(lite, reference, fault,
     ref_run, batch, sizes = reference
     faulty = copy.deepcopy(lite)
     inject(faulty, module, **kwargs)
-    result = compare(ref_run.dump, run_target(FP16, faulty, batch, sizes).dump, THRESHOLDS.tensor["fp16"])
+    result = compare(ref_run.dump, FP16.run(faulty, batch, sizes).dump, THRESHOLDS.tensor["fp16"])
     assert not result.passed, describe(result)
     assert result.first_divergent is not None and result.first_divergent.name.split("#")[0] == module, describe(result)
+    failed = failed_tensor_gates(result, "fp16")
+    assert WORST_LAYER_ERROR.name in failed, f"failed gates {list(failed)}\n{describe(result)}"
+    assert failed[WORST_LAYER_ERROR.name].layer.split("#")[0] == module, describe(result)
 
 
 def test_basis_upsample_is_where_align_corners_lives(lite):
@@ -104,8 +113,9 @@ def test_no_false_alarm_on_ten_images(lite, target):
     spec = parse_target(target)
     for seed in range(10):
         batch, sizes = batch_of(lite, [100 + seed])
-        result = compare(run_target(CPU, lite, batch, sizes).dump, run_target(spec, lite, batch, sizes).dump, THRESHOLDS.tensor[spec.dtype])
+        result = compare(CPU.run(lite, batch, sizes).dump, spec.run(lite, batch, sizes).dump, THRESHOLDS.tensor[spec.dtype])
         assert result.passed, f"image {seed}: {describe(result)}"
+        assert failed_tensor_gates(result, spec.dtype) == {}, f"image {seed}: {describe(result)}"
 
 
 def test_changed_nms_threshold_fails_the_detection_gate():
@@ -115,11 +125,12 @@ def test_changed_nms_threshold_fails_the_detection_gate():
     faulty = copy.deepcopy(model)
     faulty.cfg = dataclasses.replace(model.cfg, nms_threshold=0.3)
     batch, sizes = model.preprocess([golden.image])
-    ref, dut = run_target(CPU, model, batch, sizes, dump_mode="stats"), run_target(CPU, faulty, batch, sizes, dump_mode="stats")
+    ref, dut = CPU.run(model, batch, sizes, dump_mode="stats"), CPU.run(faulty, batch, sizes, dump_mode="stats")
     limits = THRESHOLDS.detection["fp32"]
     metrics = detection_metrics(ref.detections[0], dut.detections[0], limits.match_iou)
     assert metrics.num_ref == 100
     assert metrics.unmatched_fraction > limits.max_unmatched_fraction
+    assert "unmatched_fraction" in failed_detection_gates(ref, dut, "fp32")
 
 
 # Detection level: the shipped (trained) model on the acceptance suite's sample images, so
@@ -139,19 +150,20 @@ DETECTION_FAULTS = [
 def trained():
     model = load_weights(build_model("lite"), packaged_file("weights/lite.safetensors"))
     batch, sizes = batch_of(model, [0, 1], DETECTION_SIZE)
-    return model, batch, sizes, run_target(CPU, model, batch, sizes, dump_mode="stats")
+    return model, batch, sizes, CPU.run(model, batch, sizes, dump_mode="stats")
 
 
-def failed_detection_gates(ref_run, dut_run) -> dict[str, str]:
-    per_image = [detection_metrics(r, d, THRESHOLDS.detection["fp16"].match_iou) for r, d in zip(ref_run.detections, dut_run.detections)]
-    verdicts = {g.field: g.measure(per_image, THRESHOLDS.detection["fp16"]) for g in DETECTION_GATES}
-    return {field: f"{value:.4g} vs {limit}" for field, (value, limit, passed) in verdicts.items() if not passed}
+def failed_detection_gates(ref_run, dut_run, precision="fp16") -> dict[str, str]:
+    limits = THRESHOLDS.detection[precision]
+    per_image = [detection_metrics(r, d, limits.match_iou) for r, d in zip(ref_run.detections, dut_run.detections)]
+    verdicts = (evaluate(gate, per_image, limits) for gate in DETECTION_GATES)
+    return {v.gate.name: f"{v.value:.4g} vs {v.limit}" for v in verdicts if not v.passed}
 
 
 def test_trained_model_raises_no_detection_false_alarm_under_fp16(trained):
     model, batch, sizes, ref_run = trained
     assert sum(len(d["scores"]) for d in ref_run.detections) >= 10
-    assert failed_detection_gates(ref_run, run_target(FP16, model, batch, sizes, dump_mode="stats")) == {}
+    assert failed_detection_gates(ref_run, FP16.run(model, batch, sizes, dump_mode="stats")) == {}
 
 
 @pytest.mark.parametrize("fault, inject, module, kwargs, gate", DETECTION_FAULTS, ids=[f[0] for f in DETECTION_FAULTS])
@@ -161,7 +173,7 @@ def test_fault_fails_the_detection_gate(trained, fault, inject, module, kwargs, 
     inject(faulty, module, **kwargs)
     # Run in fp32 (fp16 autocast is slow on a CPU) and judged by the looser fp16 limits: the
     # fault, not the rounding, must be what fails.
-    failed = failed_detection_gates(ref_run, run_target(CPU, faulty, batch, sizes, dump_mode="stats"))
+    failed = failed_detection_gates(ref_run, CPU.run(faulty, batch, sizes, dump_mode="stats"))
     assert gate in failed, f"{fault}: failed gates {failed}"
 
 
@@ -185,9 +197,12 @@ def test_int8_tensor_gate_tells_quantisation_from_a_fault(trained, tmp_path, cas
     if inject is not None:
         inject(device_model, module, **kwargs)
     # A fresh export cache: a hook-injected fault leaves the weights, and so the cache key, unchanged.
-    runner = compiled_runner(INT8, device_model, tuple(batch.shape[-2:]), "Ascend910B", cache_dir=tmp_path)
-    result = compare(dump_from_outputs(ref_run.raw), run_target(INT8, device_model, batch, sizes, compiled=runner).dump, THRESHOLDS.tensor["int8"])
+    runner = INT8.load(device_model, LoadContext(tuple(batch.shape[-2:]), cache_dir=tmp_path))
+    result = compare(dump_from_outputs(ref_run.raw), INT8.run(device_model, batch, sizes, runner=runner).dump, THRESHOLDS.tensor["int8"])
+    worst = evaluate(WORST_LAYER_ERROR, result, THRESHOLDS.tensor["int8"])
     if output is None:
         assert result.passed, describe(result)
+        assert worst.passed, describe(result)
     else:
         assert not result.passed and result.first_divergent.name == output, describe(result)
+        assert not worst.passed and worst.layer == output, describe(result)

@@ -5,7 +5,7 @@ import pytest
 
 from pytest_blendmask.fixtures import perf_grid_points
 from pytest_blendmask.perf.grid import GridPoint, eager_devices, grid_spec, skip_reason
-from pytest_blendmask.targets import availability, parse_target
+from pytest_blendmask.targets import parse_target
 
 
 def test_quick_grid_defaults() -> None:
@@ -61,7 +61,7 @@ def test_streams_skip_on_the_cpu_with_the_reason() -> None:
 
 def test_accelerator_points_skip_with_the_target_availability_reason() -> None:
     point = GridPoint("cuda:0", 1, (256, 256), "fp16", "bn", "streams")
-    assert skip_reason(point) == availability(parse_target("cuda:0:fp16"))
+    assert skip_reason(point) == parse_target("cuda:0:fp16").skip_reason()
 
 
 @pytest.mark.parametrize(

@@ -10,25 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from pytest_blendmask.perf.grid import GridPoint, Mode
 from pytest_blendmask.perf.ladder import (
     GatePoints,
+    GridDtype,
+    Mode,
     PerfPoint,
+    PointConfig,
     build_ladder,
     build_ladders,
     build_streams_tables,
     gate_points,
     write_perf_report,
 )
-from pytest_blendmask.targets import Dtype
 
 SIZE = (640, 640)
 STREAMS_REASON = "stream-parallel FPN heads need a cuda or npu device; cpu has no streams"
 
 
-def point(batch: int, dtype: Dtype, norm: str, mode: Mode, ips: float | None, *, device: str = "npu:0",
+def point(batch: int, dtype: GridDtype, norm: str, mode: Mode, ips: float | None, *, device: str = "npu:0",
           size: tuple[int, int] = SIZE, p50: float | None = None, reason: str | None = None) -> PerfPoint:
-    grid_point = GridPoint(device, batch, size, dtype, norm, mode)
+    grid_point = PointConfig(device, batch, size, dtype, norm, mode)
     if ips is None:
         return PerfPoint("lite", grid_point, skip_reason=reason)
     latency = p50 if p50 is not None else batch * 1e3 / ips
@@ -145,3 +146,38 @@ def test_points_round_trip_through_json_and_the_report(tmp_path: Path) -> None:
     }
     assert report["ladders"] == build_ladders(points) and len(report["ladders"]) == 1
     assert report["streams"] == build_streams_tables(points)
+
+
+LADDER_PROJECT = '''
+import pytest
+from pytest_blendmask.perf.ladder import PerfPoint, PointConfig
+from pytest_blendmask.results import PERF_POINT_KEY
+
+def grid_point(mode, **numbers):
+    return PerfPoint("lite", PointConfig("cpu", 1, (64, 64), "fp32", "gn", mode), **numbers)
+
+@pytest.mark.perf
+def test_measured(bm_record):
+    point = grid_point("serial", throughput_ips=9.0, throughput_p50_ips=10.0, latency_p50_ms=100.0,
+                       latency_p99_ms=120.0, e2e_throughput_ips=5.0)
+    bm_record("perf", "cpu", "latency_p50", 100.0, None, "ms", True, perf_point=point.as_dict())
+
+@pytest.mark.perf
+def test_skipped(request):
+    request.node.user_properties.append((PERF_POINT_KEY, grid_point("streams", skip_reason="no streams").as_dict()))
+    pytest.skip("no streams")
+'''
+
+
+def test_the_controller_writes_the_ladder_from_the_reports_of_every_worker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(LADDER_PROJECT)
+    result = pytester.runpytest_subprocess("--bm-target=cpu", "-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=1, skipped=1)
+    report = json.loads((pytester.path / "reports" / "perf_ladder.json").read_text())
+    points = sorted(report["points"], key=lambda p: p["mode"])
+    assert [(p["mode"], p["throughput_p50_ips"], p["skip_reason"]) for p in points] == [
+        ("serial", 10.0, None), ("streams", None, "no streams"),
+    ]
+    [table] = report["streams"]
+    assert [(r["serial_ips"], r["streams_ips"], r["note"]) for r in table["rows"]] == [(10.0, None, "no streams")]
+    assert report["grid"] == "quick" and set(report["host"]) == {"torch_threads", "cpu_count", "load_avg_1min"}

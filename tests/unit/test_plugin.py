@@ -200,6 +200,6 @@ def test_reference_option_reaches_the_fixture(pytester: pytest.Pytester) -> None
 
 
 def test_dut_target_ids_agree_across_xdist_workers(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_target(dut_target):\n    assert dut_target.kind == 'eager'\n")
+    pytester.makepyfile("def test_target(dut_target):\n    assert dut_target.timed_device == 'cpu'\n")
     result = pytester.runpytest("-n", "2", "--bm-target=cpu", "--bm-target=cpu:bf16")
     result.assert_outcomes(passed=2)

@@ -8,7 +8,6 @@ import pytest
 
 from pytest_blendmask.report import final
 from pytest_blendmask.report.collect import TestOutcome
-from pytest_blendmask.report.environment import cann_version, sha256_of
 from pytest_blendmask.targets import probe_torch_npu
 from tests.unit.report_support import RECORDING_PROJECT, all_records, assert_valid, final_report
 
@@ -233,25 +232,3 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> No
 def test_strict_json_spells_out_non_finite_numbers() -> None:
     assert final.strict_json({"a": [float("nan"), float("inf"), -float("inf"), 1.5]}) == {
         "a": ["NaN", "Infinity", "-Infinity", 1.5]}
-
-
-@pytest.mark.parametrize(
-    ("files", "expected"),
-    [
-        ({"compiler/version.info": "Version=8.0.RC2\nversion_dir=8.0\n"}, "8.0.RC2"),
-        ({"version.cfg": "# comment\ntoolkit_installed_version=[8.1.RC1.alpha002:8.1]\n"}, "8.1.RC1.alpha002"),
-        ({}, "not found"),
-    ],
-)
-def test_cann_version_reads_the_toolkit_version_files(tmp_path: Path, files: dict[str, str], expected: str) -> None:
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    found = cann_version({"ASCEND_TOOLKIT_HOME": str(tmp_path)})
-    assert found["version"] == expected
-    assert (found["source"] is None) == (not files)
-
-
-def test_sha256_of_a_file(tmp_path: Path) -> None:
-    (tmp_path / "w.safetensors").write_bytes(b"abc")
-    assert sha256_of(tmp_path / "w.safetensors") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -9,8 +9,8 @@ import pytest
 from pytest_blendmask.report import html as bm_html
 from pytest_blendmask.report import plots
 from pytest_blendmask.report.controller import HTML_HOOKS_NAME
-from pytest_blendmask.report.record import batch_series, layer_series
 from pytest_blendmask.report.tables import Table, report_tables
+from pytest_blendmask.results import batch_series, layer_series
 from tests.unit.report_support import RECORDING_PROJECT, final_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

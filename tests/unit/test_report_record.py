@@ -1,4 +1,4 @@
-"""record(): what a gate stores in user_properties, and that recording a failure fails the test."""
+"""record(): the Record a gate stores in user_properties, and that recording a failure fails the test."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from pytest_blendmask.report.record import RECORD_KEY, batch_series, layer_series, record, records_in
+from pytest_blendmask.results import RECORD_KEY, Record, batch_series, layer_series, record, records_in
 
 
 @dataclass
@@ -32,6 +32,13 @@ def test_record_appends_a_builtin_dict_to_user_properties() -> None:
         "detail": "worst layer fpn.p3", "extra": {"first_divergent": None},
     }
     assert type(entry["value"]) is float  # numpy scalars would not survive xdist's serialisation
+
+
+def test_the_stored_dict_is_the_typed_record_as_a_dict() -> None:
+    entry = record(FakeItem(), "perf", "cpu", "latency_p50", 12, None, "ms", True, batch_size=1)
+    typed = Record.from_dict(entry)
+    assert (typed.value, typed.op, typed.extra) == (12.0, None, {"batch_size": 1})
+    assert typed.as_dict() == entry
 
 
 def test_record_accepts_a_request_and_reads_its_node() -> None:

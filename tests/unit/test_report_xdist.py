@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pytest_blendmask.placement import device_for_worker, device_of, group_perf_items, item_tags, pin_target, worker_index
+from pytest_blendmask.placement import device_for_worker, group_perf_items, item_tags, worker_index
 from pytest_blendmask.targets import parse_target
 from tests.unit.report_support import RECORDING_PROJECT, all_records, assert_valid, final_report
 
@@ -56,24 +56,25 @@ def test_worker_index() -> None:
      ("cuda:0", "npu:1", "cuda:0"), ("ort:cann", "npu:1", "ort:cann"), ("om", "npu:1", "om")],
 )
 def test_pin_target_moves_eager_targets_of_the_same_type(spec: str, device: str | None, expected: str) -> None:
-    assert pin_target(parse_target(spec), device).id == expected
+    assert parse_target(spec).pinned(device).id == expected
 
 
 @pytest.mark.parametrize(("spec", "device"), [("cpu:bf16", "cpu"), ("npu:2", "npu:2"), ("ort", "cpu"),
                                               ("ort:cann", "npu:0"), ("ort:cuda", "cuda:0"), ("om", "npu:0")])
 def test_device_of_a_target(spec: str, device: str) -> None:
-    assert device_of(parse_target(spec)) == device
+    assert parse_target(spec).device == device
 
 
 def test_bm_worker_device_and_dut_target_follow_bm_devices(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import pytest
-        import pytest_blendmask.fixtures
+        import pytest_blendmask.targets
 
         @pytest.fixture(autouse=True)
         def npu_present(monkeypatch):
-            monkeypatch.setattr(pytest_blendmask.fixtures, "availability", lambda target: None)
+            for kind in pytest_blendmask.targets.KINDS:
+                monkeypatch.setattr(kind, "skip_reason", lambda self, need="run": None)
 
         def test_pinned(bm_worker_device, dut_target, request):
             assert bm_worker_device == "npu:1"

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from pytest_blendmask.model import build_model, load_weights
-from pytest_blendmask.precision.accuracy import evaluate
+from pytest_blendmask.evaluation import evaluate
 from pytest_blendmask.settings import packaged_file
 
 AP_TOLERANCE = 0.5  # AP points

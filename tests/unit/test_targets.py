@@ -1,7 +1,8 @@
-"""Target specs, availability and skip reasons, auto-selection and the eager runner."""
+"""Target specs, skip reasons, auto-selection and the eager runner."""
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 import types
 from typing import ClassVar
@@ -10,7 +11,10 @@ import pytest
 import torch
 
 from pytest_blendmask import targets
-from pytest_blendmask.targets import TargetSpec, parse_target
+from pytest_blendmask.targets import parse_target
+from pytest_blendmask.targets.eager import EagerTarget, forward_on_target, to_device
+from pytest_blendmask.targets.om import OmTarget
+from pytest_blendmask.targets.ort import OrtTarget
 
 
 @pytest.fixture(autouse=True)
@@ -24,23 +28,23 @@ def fresh_npu_probe():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("cpu", TargetSpec("eager", "cpu", "fp32")),
-        ("cpu:fp16", TargetSpec("eager", "cpu", "fp16")),
-        ("cpu:bf16", TargetSpec("eager", "cpu", "bf16")),
-        ("cuda:0", TargetSpec("eager", "cuda:0", "fp32")),
-        ("cuda:1:fp16", TargetSpec("eager", "cuda:1", "fp16")),
-        ("npu:0", TargetSpec("eager", "npu:0", "fp32")),
-        ("npu:7:bf16", TargetSpec("eager", "npu:7", "bf16")),
-        (" npu:0:fp16 ", TargetSpec("eager", "npu:0", "fp16")),
-        ("ort", TargetSpec("ort", None, "fp32", "CPUExecutionProvider")),
-        ("ort:fp16", TargetSpec("ort", None, "fp16", "CPUExecutionProvider")),
-        ("ort:int8", TargetSpec("ort", None, "int8", "CPUExecutionProvider")),
-        ("ort:cann", TargetSpec("ort", None, "fp32", "CANNExecutionProvider")),
-        ("ort:cuda", TargetSpec("ort", None, "fp32", "CUDAExecutionProvider")),
-        ("om", TargetSpec("om", None, "fp16", None)),
+        ("cpu", EagerTarget("cpu", "fp32")),
+        ("cpu:fp16", EagerTarget("cpu", "fp16")),
+        ("cpu:bf16", EagerTarget("cpu", "bf16")),
+        ("cuda:0", EagerTarget("cuda:0", "fp32")),
+        ("cuda:1:fp16", EagerTarget("cuda:1", "fp16")),
+        ("npu:0", EagerTarget("npu:0", "fp32")),
+        ("npu:7:bf16", EagerTarget("npu:7", "bf16")),
+        (" npu:0:fp16 ", EagerTarget("npu:0", "fp16")),
+        ("ort", OrtTarget("fp32", "CPUExecutionProvider")),
+        ("ort:fp16", OrtTarget("fp16", "CPUExecutionProvider")),
+        ("ort:int8", OrtTarget("int8", "CPUExecutionProvider")),
+        ("ort:cann", OrtTarget("fp32", "CANNExecutionProvider")),
+        ("ort:cuda", OrtTarget("fp32", "CUDAExecutionProvider")),
+        ("om", OmTarget("fp16")),
     ],
 )
-def test_parse_target_accepts_documented_forms(text: str, expected: TargetSpec) -> None:
+def test_parse_target_accepts_documented_forms(text: str, expected: targets.Target) -> None:
     assert parse_target(text) == expected
 
 
@@ -95,7 +99,7 @@ def _import_failing(monkeypatch: pytest.MonkeyPatch, module: str, error: Excepti
 )
 def test_torch_npu_import_failure_becomes_skip_reason(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     _import_failing(monkeypatch, "torch_npu", error)
-    reason = targets.availability(parse_target("npu:0:fp16"))
+    reason = parse_target("npu:0:fp16").skip_reason()
     assert reason == (
         f"torch_npu not importable: {error}; install CANN 8.x, "
         "`source /usr/local/Ascend/ascend-toolkit/set_env.sh` and `pip install pytest-blendmask[npu]`"
@@ -110,21 +114,21 @@ def _fake_torch_npu(monkeypatch: pytest.MonkeyPatch, available: bool, count: int
 
 def test_torch_npu_without_visible_card(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_torch_npu(monkeypatch, available=False, count=0)
-    assert targets.availability(parse_target("npu:0")) == (
+    assert parse_target("npu:0").skip_reason() == (
         "torch_npu imported but torch.npu.is_available() is False (no NPU driver or card visible)"
     )
 
 
 def test_npu_index_beyond_visible_cards(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_torch_npu(monkeypatch, available=True, count=2)
-    assert targets.availability(parse_target("npu:1")) is None
-    assert targets.availability(parse_target("npu:3")) == "npu:3 not present: 2 NPU device(s)"
+    assert parse_target("npu:1").skip_reason() is None
+    assert parse_target("npu:3").skip_reason() == "npu:3 not present: 2 NPU device(s)"
 
 
 def test_cuda_build_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "12.1")
-    assert targets.availability(parse_target("cuda:0")) == (
+    assert parse_target("cuda:0").skip_reason() == (
         f"CUDA not available: torch {torch.__version__} built with CUDA 12.1 "
         "but torch.cuda.is_available() is False (no driver/GPU)"
     )
@@ -133,7 +137,7 @@ def test_cuda_build_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cpu_only_torch_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
-    assert targets.availability(parse_target("cuda:0")) == (
+    assert parse_target("cuda:0").skip_reason() == (
         f"CUDA not available: torch {torch.__version__} built without CUDA"
     )
 
@@ -141,21 +145,21 @@ def test_cpu_only_torch_build(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cuda_index_beyond_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert targets.availability(parse_target("cuda:3")) == "cuda:3 not present: 1 CUDA device(s)"
+    assert parse_target("cuda:3").skip_reason() == "cuda:3 not present: 1 CUDA device(s)"
 
 
 @pytest.mark.parametrize("text", ["cpu", "cpu:fp16", "cpu:bf16"])
 def test_cpu_targets_always_available(text: str) -> None:
-    assert targets.availability(parse_target(text)) is None
+    assert parse_target(text).skip_reason() is None
 
 
 def test_ort_provider_missing_names_provider_and_package(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert targets.availability(parse_target("ort")) is None
-    assert targets.availability(parse_target("ort:int8")) is None
-    assert targets.availability(parse_target("ort:cann")) == (
+    assert parse_target("ort").skip_reason() is None
+    assert parse_target("ort:int8").skip_reason() is None
+    assert parse_target("ort:cann").skip_reason() == (
         "ONNX Runtime provider CANNExecutionProvider not in get_available_providers() "
         "['CPUExecutionProvider']; install onnxruntime-cann instead of onnxruntime"
     )
@@ -163,17 +167,25 @@ def test_ort_provider_missing_names_provider_and_package(monkeypatch: pytest.Mon
 
 def test_ort_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert targets.availability(parse_target("ort")).startswith("onnxruntime not installed: ")
+    assert parse_target("ort").skip_reason().startswith("onnxruntime not installed: ")
 
 
 def test_om_needs_atc_then_ais_bench(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(targets.shutil, "which", lambda name: None)
-    assert targets.availability(parse_target("om")).startswith("`atc` not on PATH; install CANN 8.x")
-    monkeypatch.setattr(targets.shutil, "which", lambda name: f"/usr/local/bin/{name}")
-    _import_failing(monkeypatch, "ais_bench", ImportError("No module named 'ais_bench'"))
-    assert targets.availability(parse_target("om")).startswith(
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert parse_target("om").skip_reason().startswith("`atc` not on PATH; install CANN 8.x")
+    assert parse_target("om").skip_reason("compile").startswith("`atc` not on PATH; install CANN 8.x")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/local/bin/{name}")
+    _import_failing(monkeypatch, "ais_bench.infer.interface", ImportError("No module named 'ais_bench'"))
+    assert parse_target("om").skip_reason().startswith(
         "ais_bench not importable: No module named 'ais_bench'; "
     )
+    # A CANN toolkit host without an NPU compiles with atc alone.
+    assert parse_target("om").skip_reason("compile") is None
+
+
+def _fake_skip_reasons(monkeypatch: pytest.MonkeyPatch, reason_of) -> None:
+    for kind in targets.KINDS:
+        monkeypatch.setattr(kind, "skip_reason", lambda self, need="run": reason_of(self))
 
 
 @pytest.mark.parametrize(
@@ -187,13 +199,13 @@ def test_om_needs_atc_then_ais_bench(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_targets_prefer_npu_then_cuda_then_cpu_fp16(
     monkeypatch: pytest.MonkeyPatch, available: set[str], expected: list[str]
 ) -> None:
-    monkeypatch.setattr(targets, "availability", lambda t: None if t.id in available else "absent")
+    _fake_skip_reasons(monkeypatch, lambda t: None if t.id in available else "absent")
     assert [t.id for t in targets.auto_targets()] == expected
 
 
 def test_describe_targets_names_skipped_and_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
     reasons = {"npu:0": "no npu", "cuda:0": "no cuda", "ort:cann": "no cann"}
-    monkeypatch.setattr(targets, "availability", lambda t: reasons.get(t.id))
+    _fake_skip_reasons(monkeypatch, lambda t: reasons.get(t.id))
     for knob in targets.NPU_ENV_KNOBS:
         monkeypatch.delenv(knob, raising=False)
     monkeypatch.setenv("TASK_QUEUE_ENABLE", "2")
@@ -249,7 +261,7 @@ def test_forward_on_target_autocasts_and_returns_float32(
         expected = model.conv(batch)
 
     spec = parse_target(text)
-    raw = targets.forward_on_target(targets.to_device(model, spec), batch, spec)
+    raw = forward_on_target(to_device(model, spec), batch, spec)
 
     assert _ConvNet.conv_dtypes == [conv_dtype]
     assert raw["bases"].dtype == torch.float32 and raw["bases"].device.type == "cpu"
@@ -258,4 +270,4 @@ def test_forward_on_target_autocasts_and_returns_float32(
 
 def test_to_device_refuses_other_kinds() -> None:
     with pytest.raises(ValueError, match="only eager targets run as a PyTorch model on a device, got ort"):
-        targets.to_device(_ConvNet(), parse_target("ort"))
+        to_device(_ConvNet(), parse_target("ort"))

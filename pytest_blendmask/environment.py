@@ -1,8 +1,10 @@
 """The environment block of the final report: what ran, where, with which software and model.
 
-Versions come from the installed distributions' metadata, so that writing the report does
-not import torch_npu or CANN libraries that the run itself never needed. The torch_npu
-probe (the same one the targets use) is the exception: its reason is the point.
+Captured once at session start (``plugin.py``) and handed to the report controller as a
+plain dict, so that the report imports none of settings, targets or the model. Versions
+come from the installed distributions' metadata, so that capturing them does not import
+torch_npu or CANN libraries that the run itself never needed. The torch_npu probe (the
+same one the targets use) is the exception: its reason is the point.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_blendmask.settings import MODEL_NAMES, SEED, Settings, thresholds_path, weights_path
-from pytest_blendmask.targets import TargetSpec, npu_environment, probe_torch_npu
+from pytest_blendmask.targets import Target, npu_environment, probe_torch_npu
 
 NOT_FOUND = "not found"
 DEFAULT_TOOLKIT_HOME = Path("/usr/local/Ascend/ascend-toolkit/latest")
@@ -80,7 +82,7 @@ def model_info(settings: Settings) -> dict[str, Any]:
     weights = weights_path(settings)
     config = None
     if settings.model in MODEL_NAMES:
-        from pytest_blendmask.model import get_config  # imports torch: only when writing the report
+        from pytest_blendmask.model import get_config  # imports torch: only when a session starts
 
         config = asdict(get_config(settings.model))
     return {
@@ -92,7 +94,7 @@ def model_info(settings: Settings) -> dict[str, Any]:
     }
 
 
-def collect_environment(config: pytest.Config, settings: Settings, targets: list[TargetSpec]) -> dict[str, Any]:
+def collect_environment(config: pytest.Config, settings: Settings, targets: list[Target]) -> dict[str, Any]:
     """The report's environment block."""
     thresholds = thresholds_path(settings)
     workers = getattr(config.option, "numprocesses", None)

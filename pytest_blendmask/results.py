@@ -1,10 +1,12 @@
-"""Verdicts as records: one builtin dict per gate, carried in the test report's ``user_properties``.
+"""Verdicts as records: one typed ``Record`` per gate, carried as a builtin dict in the test report's ``user_properties``.
 
-A gate calls :func:`record` (or the ``bm_record`` fixture) with what it measured and the
-limit it applied. The record goes into ``node.user_properties`` as ``("bm_result", dict)``,
-the way ``record_property`` stores its values: pytest copies ``user_properties`` into every
-``TestReport`` and pytest-xdist ships reports to the controller, so the dict must hold
-builtin types only. The controller reads them back from the reports (``collect.py``).
+The bottom of the package: it imports nothing of it, so every layer above (gates,
+fixtures, the report) may use it. A gate calls :func:`record` (or the ``bm_record``
+fixture) with what it measured and the limit it applied. The record goes into
+``node.user_properties`` as ``("bm_result", Record.as_dict())``, the way
+``record_property`` stores its values: pytest copies ``user_properties`` into every
+``TestReport`` and pytest-xdist ships reports to the controller, so what is stored must
+hold builtin types only. The controller reads them back from the reports.
 
 Recording *is* asserting: a record with ``passed=False`` raises ``AssertionError`` right
 after it is stored, so a test can never pass while one of its records failed.
@@ -27,13 +29,42 @@ import json
 import math
 import operator
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 RECORD_KEY = "bm_result"
 TAGS_KEY = "bm_tags"  # the family/device tags of a test, added at collection (placement.py)
+# A perf grid point's data on a test that skipped it: a skip stores no record to carry it.
+PERF_POINT_KEY = "bm_perf_point"
 FAMILIES = ("precision", "perf", "atc")
 Op = Literal["<=", ">="]
-_OPS = {"<=": operator.le, ">=": operator.ge}
+OPS = {"<=": operator.le, ">=": operator.ge}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One gate's verdict: what was measured on which target, against which limit."""
+
+    test: str  # the node id of the test that recorded it
+    family: str  # one of FAMILIES
+    target: str  # the target spec id, e.g. ``cpu:fp16``
+    metric: str
+    value: float | None  # None when nothing was measured; NaN allowed
+    op: Op | None  # how value is held against limit; None for an informational record
+    limit: float | None
+    unit: str
+    passed: bool
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # builtin JSON types only
+
+    def as_dict(self) -> dict[str, Any]:
+        """The builtin dict stored in ``user_properties`` and written to FINAL_REPORT."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """The record of a stored dict (``as_dict``'s inverse)."""
+        return cls(**data)
 
 
 class _HasUserProperties(Protocol):
@@ -54,7 +85,7 @@ def _holds(value: float | None, op: Op | None, limit: float | None) -> bool | No
     """Whether ``value op limit`` holds (False for NaN); None when there is nothing to compare."""
     if value is None or op is None or limit is None:
         return None
-    return bool(_OPS[op](value, limit))
+    return bool(OPS[op](value, limit))
 
 
 def record(
@@ -89,14 +120,14 @@ def record(
         **extra: JSON-serialisable context (see the module docstring for plotted keys).
 
     Returns:
-        The stored record.
+        The stored record, as a dict.
 
     Raises:
         AssertionError: after storing, when ``passed`` is False.
     """
     if family not in FAMILIES:
         raise ValueError(f"record: family must be one of {', '.join(FAMILIES)}; got {family!r}")
-    if op is not None and op not in _OPS:
+    if op is not None and op not in OPS:
         raise ValueError(f"record: op must be '<=' or '>=' or None; got {op!r}")
     node: _HasUserProperties = getattr(request_or_node, "node", request_or_node)
     if not hasattr(node, "user_properties"):
@@ -109,19 +140,7 @@ def record(
         json.dumps(extra)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"record: extra values must be builtin JSON types (xdist ships them): {exc}") from None
-    entry = {
-        "test": node.nodeid,
-        "family": family,
-        "target": target,
-        "metric": metric,
-        "value": measured,
-        "op": op,
-        "limit": bound,
-        "unit": unit,
-        "passed": bool(passed),
-        "detail": detail,
-        "extra": extra,
-    }
+    entry = Record(node.nodeid, family, target, metric, measured, op, bound, unit, bool(passed), detail, extra).as_dict()
     node.user_properties.append((RECORD_KEY, entry))
     if not passed:
         raise AssertionError(detail or f"{family} gate {metric} on {target}: {measured} {unit} vs limit {op or ''} {bound}")

@@ -1,0 +1,129 @@
+"""What every target is: the one interface the rest of the package talks to.
+
+A target is one way to run the model (DESIGN.md "Targets"). Its kind is known only to its
+own module (``eager.py``, ``ort.py``, ``om.py``); everything else asks the object:
+
+- ``id`` (the spec string, also the test id), ``dtype``, ``precision`` (the thresholds
+  section it is judged by) and ``device`` (the device it occupies, for xdist pinning and
+  ``--bm-require`` tags);
+- ``skip_reason(need)``: why it cannot ``"compile"`` or ``"run"`` here, or None;
+- ``pinned(device)``: the target moved to an xdist worker's device, where that applies;
+- ``load(model, context)``: a ``Runner`` (batch -> raw tensors): a device copy of the
+  model, an ONNX Runtime session, an .om session;
+- ``run(model, batch, image_sizes, runner=...)``: a ``TargetRun`` (raw tensors, the per-layer
+  dump, detections) and ``reference_dump(reference_run)``: what of the reference's dump
+  this target's dump is compared with;
+- ``timed_device``: the device the eager perf grid times it on, None when it has its
+  own timing loop.
+
+Nothing here imports torch at module level: the plugin imports the package for ``pytest --help``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+
+from ..dtypes import Dtype
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from ..precision.dump import Dump
+
+Need = Literal["compile", "run"]
+DEFAULT_SOC_VERSION = "Ascend910B"
+
+
+class Runner(Protocol):
+    """A loaded target: a ``[N, 3, H, W]`` float batch in, ``forward_raw``'s tensors out (CPU, float32)."""
+
+    def __call__(self, batch: Tensor) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What building a target may need beyond the model: compiled targets fix the input size."""
+
+    input_hw: tuple[int, int]
+    soc_version: str = DEFAULT_SOC_VERSION
+    cache_dir: Path | None = None  # the ONNX export cache; the default cache when None
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """What one target produced for one batch (all tensors on the CPU, float32)."""
+
+    target: Target
+    raw: dict[str, Tensor]
+    dump: Dump
+    detections: list[dict[str, Tensor]]
+
+
+class Target(ABC):
+    """One way to run the model; see the module docstring for the interface."""
+
+    FORMS: ClassVar[str]  # the spec forms this kind accepts, for error messages
+    dtype: Dtype
+    device: str  # the device it occupies: cpu, cuda:N or npu:N (a field or a property of each kind)
+    # Whether the model is exported and compiled before it runs. Compiled targets expose
+    # their graph outputs only, and their detections come from host post-processing, which
+    # is how AdelaiDet's ONNX export (it stops at the heads) is deployed.
+    compiled: ClassVar[bool] = False
+
+    @property
+    @abstractmethod
+    def id(self) -> str:
+        """The canonical spec string, used as the test id and in reports."""
+
+    @property
+    def precision(self) -> str:
+        """The thresholds section this target is judged by: fp32, fp16, bf16 or int8."""
+        return self.dtype
+
+    @property
+    def timed_device(self) -> str | None:
+        """The device the eager perf grid times this target on; None when it is not timed there."""
+        return None
+
+    @abstractmethod
+    def skip_reason(self, need: Need = "run") -> str | None:
+        """None if this machine can ``need`` the target, else the exact skip reason."""
+
+    def pinned(self, device: str | None) -> Target:
+        """This target on an xdist worker's pinned ``device``; itself where pinning does not apply."""
+        return self
+
+    @abstractmethod
+    def load(self, model: nn.Module, context: LoadContext) -> Runner:
+        """The target ready to run ``model``: exported, compiled or copied to its device."""
+
+    def run(self, model: nn.Module, batch: Tensor, image_sizes: list[tuple[int, int]], *,
+            runner: Runner | None = None, dump_mode: str = "full") -> TargetRun:
+        """Run ``batch``, dump it, and post-process on the host with ``model`` (the CPU reference's code).
+
+        ``runner`` is the target already loaded (``load``); without it the target is loaded
+        for this one batch, at the batch's input size.
+        """
+        import torch
+
+        if runner is None:
+            runner = self.load(model, LoadContext(tuple(batch.shape[-2:])))
+        raw, dump = self._run_dumped(runner, batch, dump_mode)
+        with torch.inference_mode():
+            detections = model.postprocess(raw, image_sizes)
+        return TargetRun(self, raw, dump, detections)
+
+    def _run_dumped(self, runner: Runner, batch: Tensor, dump_mode: str) -> tuple[dict[str, Tensor], Dump]:
+        """Raw tensors and their dump; a compiled target is dumped at its graph outputs."""
+        from ..precision.dump import dump_from_outputs
+
+        raw = runner(batch)
+        return raw, dump_from_outputs(raw)
+
+    def reference_dump(self, reference: TargetRun) -> Dump:
+        """The reference's dump at the granularity this target's dump has (graph outputs here)."""
+        from ..precision.dump import dump_from_outputs
+
+        return dump_from_outputs(reference.raw)

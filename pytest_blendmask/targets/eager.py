@@ -1,0 +1,142 @@
+"""Eager PyTorch on a device (cpu, cuda:N, npu:N), in float32 or under fp16/bf16 autocast."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..dtypes import Dtype, autocast
+from .base import LoadContext, Need, Target, TargetRun
+from .npu import probe_torch_npu
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..precision.dump import Dump
+
+_EAGER_RE = re.compile(r"(?P<dev>cpu|(?:cuda|npu):\d+)(?::(?P<dtype>fp16|bf16))?")
+_DEVICE_RE = re.compile(r"cpu|(?:cuda|npu):\d+")
+
+
+def parse_device(spec: str) -> str:
+    """Validate a device spec (cpu, cuda:N, npu:N) and return it stripped."""
+    text = spec.strip()
+    if not _DEVICE_RE.fullmatch(text):
+        raise ValueError(f"expected cpu, cuda:N or npu:N; got {spec!r}")
+    return text
+
+
+def _device_index_reason(device: str, present: int, what: str) -> str | None:
+    index = int(device.split(":")[1])
+    return None if index < present else f"{device} not present: {present} {what} device(s)"
+
+
+def _cuda_reason(device: str, dtype: Dtype) -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"CUDA not available: torch {torch.__version__} built without CUDA"
+        return (
+            f"CUDA not available: torch {torch.__version__} built with CUDA {torch.version.cuda} "
+            "but torch.cuda.is_available() is False (no driver/GPU)"
+        )
+    reason = _device_index_reason(device, torch.cuda.device_count(), "CUDA")
+    if reason is None and dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        major, minor = torch.cuda.get_device_capability(device)
+        reason = f"{device} has no bf16 support (compute capability {major}.{minor})"
+    return reason
+
+
+def _npu_reason(device: str) -> str | None:
+    reason = probe_torch_npu()
+    if reason is None:
+        import torch
+
+        reason = _device_index_reason(device, torch.npu.device_count(), "NPU")
+    return reason
+
+
+@dataclass(frozen=True)
+class EagerTarget(Target):
+    """The model itself, copied to ``device`` and run under the target's autocast."""
+
+    FORMS: ClassVar[str] = "cpu[:fp16|bf16], cuda:N[:fp16|bf16], npu:N[:fp16|bf16]"
+
+    device: str
+    dtype: Dtype = "fp32"
+
+    @classmethod
+    def parse(cls, text: str) -> EagerTarget | None:
+        m = _EAGER_RE.fullmatch(text)
+        return cls(m["dev"], m["dtype"] or "fp32") if m else None
+
+    @property
+    def id(self) -> str:
+        return self.device if self.dtype == "fp32" else f"{self.device}:{self.dtype}"
+
+    @property
+    def timed_device(self) -> str | None:
+        return self.device
+
+    def skip_reason(self, need: Need = "run") -> str | None:
+        if self.device.startswith("cuda"):
+            return _cuda_reason(self.device, self.dtype)
+        if self.device.startswith("npu"):
+            return _npu_reason(self.device)
+        return None  # the CPU runs fp32 and fp16/bf16 autocast everywhere
+
+    def pinned(self, device: str | None) -> EagerTarget:
+        if device is None or device.split(":")[0] != self.device.split(":")[0]:
+            return self
+        return dataclasses.replace(self, device=device)
+
+    def load(self, model: torch.nn.Module, context: LoadContext | None = None) -> EagerRunner:
+        return EagerRunner(to_device(model, self), self)
+
+    def _run_dumped(self, runner: EagerRunner, batch: torch.Tensor, dump_mode: str) -> tuple[dict[str, torch.Tensor], Dump]:
+        from ..precision.dump import DumpCollector
+
+        with DumpCollector(runner.model, mode=dump_mode) as collector:
+            raw = runner(batch)
+        return raw, collector.dump
+
+    def reference_dump(self, reference: TargetRun) -> Dump:
+        return reference.dump  # layer by layer, as this target's own
+
+
+class EagerRunner:
+    """A device copy of the model; ``runner(batch)`` is its ``forward_raw`` under the target's autocast."""
+
+    def __init__(self, model: torch.nn.Module, target: EagerTarget) -> None:
+        self.model = model
+        self.target = target
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return forward_on_target(self.model, batch, self.target)
+
+
+def to_device(model: torch.nn.Module, target: Target) -> torch.nn.Module:
+    """A copy of ``model`` on the eager target's device, in eval mode.
+
+    The model is copied before it is moved, so the session's reference model stays on the
+    CPU in float32.
+    """
+    import torch
+
+    if not isinstance(target, EagerTarget):
+        raise ValueError(f"only eager targets run as a PyTorch model on a device, got {target.id}")
+    return copy.deepcopy(model).to(torch.device(target.device)).eval()
+
+
+def forward_on_target(device_model: torch.nn.Module, batch: torch.Tensor, target: EagerTarget) -> dict[str, torch.Tensor]:
+    """``forward_raw`` of a model already on the target's device, under the target's autocast;
+    raw tensors come back float32 on the CPU."""
+    import torch
+
+    device = torch.device(target.device)
+    with torch.inference_mode(), autocast(device.type, target.dtype):
+        raw = device_model.forward_raw(batch.to(device))
+    return {name: tensor.float().cpu() for name, tensor in raw.items()}
