@@ -261,3 +261,33 @@ def target_run(blendmask_model: Any, sample_batch: SampleBatch, compiled_target:
         return cache[spec.id]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tensor_comparison(target_run: Callable[[Target], Any], reference_target: Target, thresholds: Thresholds) -> Callable[[Target], Any]:
+    """``tensor_comparison(spec)``: the target's layer-by-layer ``ComparisonResult`` against the reference, computed once per target."""
+    from pytest_blendmask.precision.compare import compare
+
+    cache: dict[str, Any] = {}
+
+    def get(spec: Target) -> Any:
+        if spec.id not in cache:
+            ref, dut = target_run(reference_target), target_run(spec)
+            # A compiled target exposes its graph outputs only: it says what of the reference to compare with.
+            cache[spec.id] = compare(spec.reference_dump(ref), dut.dump, thresholds.tensor[spec.precision])
+        return cache[spec.id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def detection_comparison(target_run: Callable[[Target], Any], reference_target: Target, thresholds: Thresholds) -> Callable[[Target], Any]:
+    """``detection_comparison(spec)``: per-image ``DetectionMetrics`` of the target's detections matched to the reference's."""
+    from pytest_blendmask.precision.match import detection_metrics
+
+    def get(spec: Target) -> Any:
+        ref, dut = target_run(reference_target), target_run(spec)
+        iou = thresholds.detection[spec.precision].match_iou
+        return [detection_metrics(r, d, iou) for r, d in zip(ref.detections, dut.detections)]
+
+    return get

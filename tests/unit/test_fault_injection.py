@@ -10,7 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from pytest_blendmask.data import EVAL_SEED, generate_sample
-from pytest_blendmask.gates import DETECTION_GATES, TENSOR_GATES, WORST_LAYER_ERROR, Verdict, evaluate
+from pytest_blendmask.gates import (
+    DETECTION_GATES,
+    MAX_LAYER_KL,
+    MEAN_LAYER_ERROR,
+    MIN_LAYER_COSINE,
+    NONFINITE_MISMATCH,
+    TENSOR_GATES,
+    WORST_LAYER_ERROR,
+    Verdict,
+    evaluate,
+)
 from pytest_blendmask.model import build_model, load_weights
 from pytest_blendmask.model.weights import adapt_official_keys
 from pytest_blendmask.precision.compare import compare, describe
@@ -88,6 +98,14 @@ FAULTS = [
     ("two channels swapped", _swap_channels, "backbone.fpn_lateral5", {}),
     ("align_corners flipped", _align_corners_true, "basis_module.tower.2", {}),
 ]
+# Besides the worst-layer gate, each other tensor gate is shown failing on a fault it
+# guards against, at the layer where it was injected (None: the gate names no layer).
+ALSO_FAILS = {
+    "fp16 overflow": (NONFINITE_MISMATCH, None),
+    "BN running_var x4": (MEAN_LAYER_ERROR, None),
+    "conv bias shift": (MIN_LAYER_COSINE, "basis_module.tower.4"),
+    "align_corners flipped": (MAX_LAYER_KL, "basis_module.tower.2"),
+}
 
 
 @pytest.mark.parametrize("fault, inject, module, kwargs", FAULTS, ids=[f[0] for f in FAULTS])
@@ -101,6 +119,11 @@ def test_fault_fails_the_tensor_gate_and_names_the_layer(lite, reference, fault,
     failed = failed_tensor_gates(result, "fp16")
     assert WORST_LAYER_ERROR.name in failed, f"failed gates {list(failed)}\n{describe(result)}"
     assert failed[WORST_LAYER_ERROR.name].layer.split("#")[0] == module, describe(result)
+    if fault in ALSO_FAILS:
+        gate, layer = ALSO_FAILS[fault]
+        assert gate.name in failed, f"failed gates {list(failed)}\n{describe(result)}"
+        named = failed[gate.name].layer
+        assert (named.split("#")[0] if named else None) == layer, describe(result)
 
 
 def test_basis_upsample_is_where_align_corners_lives(lite):
