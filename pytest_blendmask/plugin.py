@@ -14,7 +14,14 @@ from pytest_blendmask.fixtures import chosen_targets, settings_key, thresholds_k
 from pytest_blendmask.placement import group_perf_items, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
-from pytest_blendmask.settings import OPTIONS, describe_settings, option_help, resolve_settings, resolve_thresholds
+from pytest_blendmask.settings import (
+    OPTIONS,
+    check_model_factory,
+    describe_settings,
+    option_help,
+    resolve_settings,
+    resolve_thresholds,
+)
 from pytest_blendmask.targets import describe_targets, parse_target
 
 MARKERS = {
@@ -62,6 +69,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # At session start rather than configure time: `pytest --help` and `--markers` configure
     # too, and must not import torch_npu or hash the weights for a report nobody writes.
     config = session.config
+    check_model_factory(config.stash[settings_key])
     if hasattr(config, "workerinput") or config.option.collectonly:
         return  # workers forward their reports to the controller; --collect-only writes no report
     from pytest_blendmask.perf.timing import host_conditions  # imports torch

@@ -26,7 +26,7 @@ from pytest_blendmask.targets import TARGET_FORMS, Target, parse_device, parse_t
 
 # Mirrors pytest_blendmask.model.CONFIG_NAMES (a unit test keeps them equal): importing the
 # model package loads torch, which `pytest --help` must not do.
-MODEL_NAMES = ("lite", "R_50", "R_101", "R_101_dcni3")
+MODEL_NAMES = ("lite", "R_50", "R_101", "R_101_dcni3", "550_R_50_3x", "RT_R_50_4x_bn-head_syncbn_shtw")
 SEED = 0  # model initialisation and synthetic inputs
 THRESHOLDS_FILE = "precision/thresholds_default.toml"
 SIZE_DIVISOR = 32  # the FPN's coarsest backbone stride: inputs are padded to a multiple of it
@@ -181,7 +181,8 @@ class Option:
 
 
 OPTIONS = (
-    Option("model", "BlendMask config (lite, R_50, R_101, R_101_dcni3) or module:factory "
+    Option("model", "BlendMask config (lite, R_50, R_101, R_101_dcni3, 550_R_50_3x, "
+           "RT_R_50_4x_bn-head_syncbn_shtw) or module:factory "
            "returning a BlendMask-compatible model.", parse_model, metavar="NAME"),
     Option("weights", "Weights file (.safetensors or AdelaiDet .pth). "
            "Default: the shipped weights of lite, else random init (seed 0).",
@@ -290,6 +291,24 @@ def resolve_thresholds(settings: Settings) -> Thresholds:
         return load_thresholds(settings.thresholds)
     except ThresholdsError as exc:
         raise pytest.UsageError(f"--bm-thresholds: {exc}") from None
+
+
+def check_model_factory(settings: Settings) -> None:
+    """Build a ``module:factory`` model once and run it on a zero batch; a usage error says what is unusable.
+
+    Named configs are known to work; a user's factory is checked at session start so that a
+    model the gate cannot call stops the run with the reason instead of erroring every test.
+    """
+    if settings.model in MODEL_NAMES:
+        return
+    from pytest_blendmask.model import ModelProtocolError, build_model, probe
+
+    assert settings.input_size is not None  # resolve_settings requires it with a factory
+    flag = OPTIONS_BY_FIELD["model"].flag
+    try:
+        probe(build_model(settings.model, seed=SEED), settings.input_size, settings.model)
+    except ModelProtocolError as exc:
+        raise pytest.UsageError(f"{flag}: {exc}") from None
 
 
 def describe_settings(settings: Settings) -> list[str]:

@@ -6,6 +6,10 @@ M detected instances, L FPN levels; H, W network-input size; h, w one level's si
 """
 from .blendmask import BlendMask, build_model
 from .configs import CONFIG_NAMES, NORMS, ModelConfig, get_config
+from .protocol import DetectionModel, GatedModel, ModelProtocolError, TensorModel, is_detector, probe
 from .weights import WeightsError, load_weights
 
-__all__ = ["BlendMask", "build_model", "CONFIG_NAMES", "NORMS", "ModelConfig", "get_config", "WeightsError", "load_weights"]
+__all__ = [
+    "BlendMask", "build_model", "CONFIG_NAMES", "NORMS", "ModelConfig", "get_config", "WeightsError", "load_weights",
+    "DetectionModel", "GatedModel", "ModelProtocolError", "TensorModel", "is_detector", "probe",
+]

@@ -16,16 +16,17 @@ from .decode import decode
 from .fcos import FCOS
 from .fpn import FPN
 from .postprocess import detector_postprocess
+from .protocol import README_SECTION, ModelProtocolError, as_gated_model
 
 RAW_KINDS = ("logits", "bbox_reg", "ctrness", "top_feats")
 
 
 class BlendMask(nn.Module):
-    """BlendMask with the released checkpoint's module names.
+    """BlendMask with the released checkpoint's module names; a ``DetectionModel`` (``protocol.py``).
 
     ``forward_raw`` is the part that runs on the device and is exported to ONNX;
-    ``postprocess`` (decode, NMS, blender, mask paste) always runs on the host tensors it is
-    given; ``forward`` is both.
+    ``postprocess`` (decode, NMS, blender, mask paste) runs on the tensors it is given;
+    ``forward`` is both, called like a torchvision detector.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -37,6 +38,18 @@ class BlendMask(nn.Module):
         nn.init.normal_(self.top_layer.weight, std=0.01)
         nn.init.zeros_(self.top_layer.bias)
         self.basis_module = BasisModule(cfg)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.cfg.class_names
+
+    @property
+    def pixel_mean(self) -> tuple[float, float, float]:
+        return self.cfg.pixel_mean
+
+    @property
+    def pixel_std(self) -> tuple[float, float, float]:
+        return self.cfg.pixel_std
 
     def preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalise BGR uint8 images and zero-pad them bottom/right into one batch.
@@ -77,7 +90,8 @@ class BlendMask(nn.Module):
             images (Tensor[N, 3, H, W]): normalised, padded batch from ``preprocess``.
 
         Returns:
-            dict[str, Tensor]: ``bases`` [N, K, H/4, W/4] and, per level l in P3..P7,
+            dict[str, Tensor]: ``bases`` [N, K, H/4, W/4] and, per level l of ``cfg.fpn_levels``
+            (P3..P7; P3..P6 for 550_R_50_3x, P3..P5 for RT_R_50_4x_bn-head_syncbn_shtw),
             ``logits_pl`` [N, C, h, w], ``bbox_reg_pl`` [N, 4, h, w], ``ctrness_pl`` [N, 1, h, w],
             ``top_feats_pl`` [N, K*A*A, h, w].
         """
@@ -112,21 +126,26 @@ class BlendMask(nn.Module):
         """Decode, NMS, blend and paste: one dict per image.
 
         Args:
-            raw: output of ``forward_raw`` (any dtype; decoded in float32).
+            raw: output of ``forward_raw``, on any device and in any float dtype: values
+                are computed in that dtype, coordinates in float32 (``decode.py`` says why).
             image_sizes: unpadded (h, w) of each network input.
             output_sizes: (H, W) to report results in; defaults to ``image_sizes``.
 
         Returns:
-            list[dict]: ``boxes`` [M, 4] xyxy, ``scores`` [M], ``classes`` [M] int64,
-            ``masks`` bool [M, H, W], in descending score order.
+            list[dict]: ``boxes`` [M, 4] xyxy float32, ``scores`` [M] (the raw tensors'
+            dtype), ``classes`` [M] int64, ``masks`` bool [M, H, W], in descending score
+            order, on the raw tensors' device.
         """
         cfg = self.cfg
         output_sizes = output_sizes or image_sizes
-        bases = raw["bases"].float()
+        bases = raw["bases"]
         results = []
         for i, props in enumerate(decode(raw, cfg)):
             rois = torch.cat((props.boxes.new_zeros((len(props.boxes), 1)), props.boxes), dim=1)
-            mask_logits = blend(bases[i : i + 1], rois, props.attns, cfg.bottom_resolution, cfg.pooler_scale)
+            mask_logits = blend(
+                bases[i : i + 1], rois, props.attns, cfg.bottom_resolution, cfg.pooler_scale,
+                sampling_ratio=cfg.pooler_sampling_ratio, aligned=cfg.pooler_aligned,
+            )
             results.append(
                 detector_postprocess(
                     props.boxes, props.scores, props.classes, mask_logits.sigmoid(), image_sizes[i], output_sizes[i]
@@ -135,22 +154,45 @@ class BlendMask(nn.Module):
         return results
 
     def forward(
-        self, images: Tensor, image_sizes: list[tuple[int, int]], output_sizes: list[tuple[int, int]] | None = None
+        self,
+        images: list[Tensor] | Tensor,
+        image_sizes: list[tuple[int, int]] | None = None,
+        output_sizes: list[tuple[int, int]] | None = None,
     ) -> list[dict[str, Tensor]]:
-        """``postprocess(forward_raw(images))``."""
+        """Detections of ``images``, as torchvision detectors are called.
+
+        Args:
+            images: a list of BGR uint8 ``Tensor[3, H_i, W_i]`` (preprocessed here, sizes
+                taken from them), or a ``preprocess``-ed batch ``Tensor[N, 3, H, W]``, which
+                then needs ``image_sizes``.
+            image_sizes: unpadded (h, w) of each image of a batch tensor.
+            output_sizes: (H, W) to report results in; defaults to the image sizes.
+
+        Returns:
+            ``postprocess``'s detections, one dict per image.
+        """
+        if isinstance(images, (list, tuple)):
+            images, image_sizes = self.preprocess(list(images))
+        elif image_sizes is None:
+            raise TypeError("BlendMask(batch): a preprocessed batch tensor needs image_sizes; or pass a list of images")
         return self.postprocess(self.forward_raw(images), image_sizes, output_sizes)
 
 
 def build_model(name: str = "lite", norm: str | None = None, seed: int = 0) -> nn.Module:
-    """A model in eval mode: a named config with deterministic init, or a user's ``module:factory``.
+    """A model in eval mode: a named config with deterministic init, or a user's ``module:factory``
+    (what it returns made a gated model by ``protocol.as_gated_model``).
 
     The seed is applied in a forked RNG so building a model never moves the caller's
     random state.
     """
     if ":" in name:
         module_name, _, attr = name.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory().eval()
+        factory = getattr(importlib.import_module(module_name), attr, None)
+        if not callable(factory):
+            raise ModelProtocolError(f"{name}: module {module_name!r} has no callable {attr!r} ({README_SECTION})")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # a factory's random init is the same in every process
+            return as_gated_model(factory(), name).eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BlendMask(get_config(name, norm)).eval()

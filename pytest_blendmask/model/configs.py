@@ -1,4 +1,8 @@
-"""Named BlendMask configurations: the released R_50 / R_101 layouts and the shrunk `lite`."""
+"""Named BlendMask configurations: AdelaiDet's released model zoo and the shrunk `lite`.
+
+Each released name is the AdelaiDet config file it mirrors (``configs/BlendMask/<name>.yaml``);
+the comments in ``_CONFIGS`` give the yaml key each setting comes from.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +17,11 @@ SHAPE_CLASS_NAMES = ("circle", "square", "triangle", "star", "ring", "cross")
 class ModelConfig:
     """Everything that decides the network's layout and its inference constants.
 
-    ``norm`` switches every normalisation slot at once: ``frozen_bn`` is the released model
-    (FrozenBN backbone, BN basis module, GN head), ``bn`` makes all of them BatchNorm (the
-    head gets one BN per FPN level, as AdelaiDet's BN head does) and ``gn`` makes all of them
-    GroupNorm. Seed 000's "GN -> BN" optimisation step is ``gn`` -> ``bn``.
+    ``norm`` switches every normalisation slot at once: ``frozen_bn`` is FrozenBN backbone,
+    BN basis module and GN head (the released R_50, R_101 and 550 models), ``bn`` makes all of
+    them BatchNorm (the head gets one BN per FPN level, as AdelaiDet's BN head does; the
+    released RT bn-head model) and ``gn`` makes all of them GroupNorm. Seed 000's "GN -> BN"
+    optimisation step is ``gn`` -> ``bn``.
     """
 
     name: str
@@ -29,14 +34,18 @@ class ModelConfig:
     top_levels: int = 2
     num_classes: int = COCO_CLASS_COUNT
     class_names: tuple[str, ...] = tuple(f"class_{i}" for i in range(COCO_CLASS_COUNT))
-    head_convs: int = 4
+    head_convs: int = 4  # convs of the cls tower and of the box tower each
+    share_convs: int = 0  # convs of the tower both read, run first
     gn_groups: int = 32
     basis_channels: int = 128
     basis_convs: int = 3
     num_bases: int = 4
+    seg_head: bool = True  # the auxiliary semantic head of BASIS_MODULE.LOSS_ON (training only)
     attn_size: int = 14
     bottom_resolution: int = 56
     pooler_scale: float = 0.25
+    pooler_sampling_ratio: int = 1  # BLENDMASK.POOLER_SAMPLING_RATIO
+    pooler_aligned: bool = True  # BLENDMASK.POOLER_TYPE: ROIAlignV2, roi_align(aligned=True)
     score_threshold: float = 0.05
     pre_nms_topk: int = 1000
     nms_threshold: float = 0.6
@@ -68,11 +77,37 @@ class ModelConfig:
         return self.num_bases * self.attn_size**2
 
 
+_R_50_BLOCKS = (3, 4, 6, 3)  # RESNETS.DEPTH: 50
+_R_101_BLOCKS = (3, 4, 23, 3)  # RESNETS.DEPTH: 101
+
 _CONFIGS = {
-    "R_50": ModelConfig(name="R_50", stage_blocks=(3, 4, 6, 3)),
-    "R_101": ModelConfig(name="R_101", stage_blocks=(3, 4, 23, 3)),
+    "R_50": ModelConfig(name="R_50", stage_blocks=_R_50_BLOCKS),
+    "R_101": ModelConfig(name="R_101", stage_blocks=_R_101_BLOCKS),
     "R_101_dcni3": ModelConfig(
-        name="R_101_dcni3", stage_blocks=(3, 4, 23, 3), deform_stages=(False, True, True, True)
+        name="R_101_dcni3", stage_blocks=_R_101_BLOCKS, deform_stages=(False, True, True, True)
+    ),
+    # Keys the real-time yamls leave unset (bases, attention size, FPN width, test thresholds,
+    # BASIS_MODULE.LOSS_ON: True from Base-BlendMask) keep the values R_50 has.
+    "550_R_50_3x": ModelConfig(
+        name="550_R_50_3x",
+        stage_blocks=_R_50_BLOCKS,
+        top_levels=1,  # Base-550: FCOS.TOP_LEVELS: 1 (P3-P6, no p7 conv)
+        head_convs=0,  # Base-550: FCOS.NUM_CLS_CONVS: 0, NUM_BOX_CONVS: 0
+        share_convs=3,  # Base-550: FCOS.NUM_SHARE_CONVS: 3
+        basis_convs=2,  # Base-550: BASIS_MODULE.NUM_CONVS: 2
+        input_size=550,  # Base-550: INPUT.MIN_SIZE_TEST: 550 (MAX_SIZE_TEST: 916)
+    ),
+    "RT_R_50_4x_bn-head_syncbn_shtw": ModelConfig(
+        name="RT_R_50_4x_bn-head_syncbn_shtw",
+        stage_blocks=_R_50_BLOCKS,
+        top_levels=0,  # Base-RT: FCOS.TOP_LEVELS: 0 (P3-P5, no top block)
+        head_convs=0,  # RT_R_50_4x_syncbn_shtw: FCOS.NUM_CLS_CONVS: 0, NUM_BOX_CONVS: 0
+        share_convs=3,  # RT_R_50_4x_syncbn_shtw: FCOS.NUM_SHARE_CONVS: 3
+        basis_convs=2,  # RT_R_50_4x_syncbn_shtw: BASIS_MODULE.NUM_CONVS: 2
+        # RESNETS.NORM: SyncBN with FREEZE_AT: -1 (RT_R_50_4x_syncbn_shtw), FCOS.NORM: SyncBN
+        # (this file), BASIS_MODULE.NORM: SyncBN (default): SyncBN is BN at inference.
+        norm="bn",
+        input_size=512,  # Base-RT: INPUT.MIN_SIZE_TEST: 512 (MAX_SIZE_TEST: 736)
     ),
     # Same rules, shrunk so a 512x512 forward fits the 2-core CI machine's budget.
     "lite": ModelConfig(
@@ -87,6 +122,7 @@ _CONFIGS = {
         gn_groups=16,
         basis_channels=64,
         basis_convs=2,
+        seg_head=False,  # trained here without the auxiliary semantic loss
         input_size=512,
     ),
 }

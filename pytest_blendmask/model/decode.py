@@ -1,4 +1,11 @@
-"""FCOS decoding on the host: threshold, top-k, boxes from locations, class-aware NMS."""
+"""FCOS decoding: threshold, top-k, boxes from locations, class-aware NMS.
+
+It runs wherever its raw tensors are (the host's float32 copy, or a device's own in fp16 or
+bf16). Scores and attentions keep the raw tensors' dtype, as a device running the model in
+half precision computes them; coordinates (locations, distances, boxes) are float32 in any
+case: a box edge near 300 px is off by 1/8 px in fp16 and 1 px in bf16, which
+``precision/op_standards.py`` counts as a port bug (``max_position_error``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +55,7 @@ def _decode_level(
     locs = locations(logits.shape[2], logits.shape[3], stride, logits.device)
     # Score is multiplied by centre-ness before the threshold (THRESH_WITH_CTR=True).
     probs = _flatten(logits).sigmoid() * _flatten(ctrness).sigmoid()
-    regs, feats = _flatten(bbox_reg) * stride, _flatten(attns)
+    regs, feats = _flatten(bbox_reg).to(locs.dtype) * stride, _flatten(attns)
     out = []
     for p, reg, feat in zip(probs, regs, feats):
         candidates = p > cfg.score_threshold
@@ -66,7 +73,8 @@ def _decode_level(
 def _select_over_levels(per_level: list[Proposals], cfg: ModelConfig) -> Proposals:
     """Class-aware NMS over all levels, then at most ``post_nms_topk`` by score (ties kept)."""
     merged = Proposals(*(torch.cat([getattr(p, f) for p in per_level]) for f in ("boxes", "scores", "classes", "attns")))
-    keep = batched_nms(merged.boxes, merged.scores, merged.classes, cfg.nms_threshold)
+    # The NMS kernels take one dtype: the scores only order the boxes, so they follow them.
+    keep = batched_nms(merged.boxes, merged.scores.to(merged.boxes.dtype), merged.classes, cfg.nms_threshold)
     kept = Proposals(merged.boxes[keep], merged.scores[keep], merged.classes[keep], merged.attns[keep])
     count = kept.scores.numel()
     if count > cfg.post_nms_topk:
@@ -82,12 +90,7 @@ def decode(raw: dict[str, Tensor], cfg: ModelConfig) -> list[Proposals]:
     per_image: list[list[Proposals]] = [[] for _ in range(raw["bases"].shape[0])]
     for level, stride in zip(cfg.fpn_levels, cfg.fpn_strides):
         level_props = _decode_level(
-            raw[f"logits_p{level}"].float(),
-            raw[f"bbox_reg_p{level}"].float(),
-            raw[f"ctrness_p{level}"].float(),
-            raw[f"top_feats_p{level}"].float(),
-            stride,
-            cfg,
+            raw[f"logits_p{level}"], raw[f"bbox_reg_p{level}"], raw[f"ctrness_p{level}"], raw[f"top_feats_p{level}"], stride, cfg
         )
         for image_props, props in zip(per_image, level_props):
             image_props.append(props)

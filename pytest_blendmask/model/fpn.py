@@ -1,4 +1,4 @@
-"""Feature pyramid on top of the ResNet: P3-P5 top-down, P6/P7 from P5."""
+"""Feature pyramid on top of the ResNet: P3-P5 top-down, then P6/P7 from P5 where the config has them."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -10,7 +10,10 @@ from .layers import resize_to
 
 
 class TopBlock(nn.Module):
-    """P6 = p6(P5), P7 = p7(ReLU(P6)); fed by P5, not res5."""
+    """P6 = p6(P5), P7 = p7(ReLU(P6)); fed by P5, not res5.
+
+    ``levels`` (FCOS.TOP_LEVELS) keeps both (2), P6 only (1, the 550 models) or neither (0, RT).
+    """
 
     def __init__(self, channels: int, levels: int) -> None:
         super().__init__()

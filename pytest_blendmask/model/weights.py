@@ -9,8 +9,6 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-# Keys of the released checkpoints that the inference model does not have.
-TRAINING_ONLY_PREFIXES = ("basis_module.seg_head.",)
 # Old AdelaiDet files spell the centre-ness predictor `centerness` (renamed in commit 281ee24).
 RENAMES = ((".fcos_head.centerness.", ".fcos_head.ctrness."),)
 
@@ -41,11 +39,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def adapt_official_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Apply the documented renames and drop training-only keys."""
+    """Apply the documented renames; every other key must match the model as it is."""
     out = {}
     for key, value in state.items():
-        if key.startswith(TRAINING_ONLY_PREFIXES):
-            continue
         for old, new in RENAMES:
             key = key.replace(old, new)
         out[key] = value

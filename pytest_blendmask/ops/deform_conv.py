@@ -107,7 +107,7 @@ def deform_conv2d(
         kj = torch.arange(kw, device=input.device, dtype=compute).repeat(kh) * dw
         base_y = (ki[:, None, None] + rows[None, :, None]).expand(points, out_h, out_w).reshape(points, -1)
         base_x = (kj[:, None, None] + cols[None, None, :]).expand(points, out_h, out_w).reshape(points, -1)
-        scale = torch.ones_like(dy) if mask is None else mask.to(compute).reshape(n, offset_groups, points, -1)
+        scale = torch.ones_like(dy) if mask is None else mask.to(compute).reshape(n, offset_groups, points, out_h * out_w)
         columns = bilinear_columns(
             x, (base_y + dy).flatten(2), (base_x + dx).flatten(2), scale.flatten(2)
         )  # [N, G, C/G, K * L]

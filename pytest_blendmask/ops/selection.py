@@ -22,13 +22,13 @@ from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from ..dtypes import Dtype, autocast
 from ..model.backbone import ModulatedDeformConvNorm
+from ..precision.op_standards import dtype_of
 from .deform_conv import deform_conv2d as fallback_deform_conv2d
 
 PROBE_X = 100.3  # a position a float16 coordinate cannot hold (it becomes 100.3125)
 # Worse than this and the kernel moves sampling points by more than a float32 position
-# error at thousands of pixels; the float16 kernel is off by 0.0125 px here, bfloat16 by 0.2.
+# error at thousands of pixels; a float16 kernel is off by 0.0125 px here, a bfloat16 one by 0.2.
 MAX_PROBE_ERROR_PX = 1e-3
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 DeformConv = Callable[..., Tensor]
 
@@ -49,7 +49,7 @@ def kernel_problem(device: str, dtype: Dtype) -> str | None:
     kernel at ``w + 0.3``: output column 100 must read 0.3, and any difference is the
     sampling position's error in pixels.
     """
-    dt = _TORCH_DTYPES[dtype]
+    dt = dtype_of(dtype)
     ramp = (torch.arange(128, dtype=torch.float32) - 100).reshape(1, 1, 1, 128)
     offset = torch.zeros(1, 2, 1, 128)
     offset[:, 1] = PROBE_X - 100

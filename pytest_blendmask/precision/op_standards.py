@@ -9,7 +9,13 @@ worst element):
   ``|d_i - r_i| <= small_value_atol`` where ``|r_i| < small_value``, else by
   ``|d_i - r_i| / |r_i| <= rtol``. The value is the worst element's error divided by what
   its rule allows, so the verdict is ``value <= 1``; msprobe's "every error rate is 0" is
-  the same statement.
+  the same statement. msprobe applies it to elementwise arithmetic, rounded once; for
+  sums and samplers two optional corrections keep it meaningful (see the function): the
+  magnitude of the summed terms instead of |r_i| (cancellation), and a slack for sampling
+  positions held in float32. Measured on the lite model's captured inputs, torchvision's
+  own fp32 CPU kernels against float64 reach a ratio of 2.7e5 (roi_align), 270 (attention
+  resize: signed logits cancel) and 3.4e4 (deform_conv2d) under the plain rule; 193, 0.17
+  and 1.5 with the magnitude; 0.12 and 0.56 for the samplers with the position slack too.
 - ``ulp_share``: msprobe's ULP rule for accumulating operators. An element's ULP error is
   ``|d_i - r_i| / ulp(r_i)`` with ulp the spacing of the device's dtype at ``r_i``
   (``2**floor(log2 |r_i|) * eps``, the subnormal spacing below the smallest normal). The
@@ -36,7 +42,7 @@ from torch import Tensor
 
 from .thresholds import OperatorThresholds
 
-_HALF_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,9 @@ class OpVerdict:
 
 def dtype_of(precision: str) -> torch.dtype:
     """The torch dtype of a precision name (fp32, fp16, bf16): the dtype ULPs are counted in."""
-    if precision not in _HALF_TYPES:
-        raise ValueError(f"no floating dtype for precision {precision!r}; expected one of {', '.join(_HALF_TYPES)}")
-    return _HALF_TYPES[precision]
+    if precision not in _DTYPES:
+        raise ValueError(f"no floating dtype for precision {precision!r}; expected one of {', '.join(_DTYPES)}")
+    return _DTYPES[precision]
 
 
 def _verdict(metric: str, value: float, limit: float, index: tuple[int, ...] | None, dut: Tensor, ref: Tensor,
@@ -152,8 +158,10 @@ def ulp_errors(dut: Tensor, ref: Tensor, dtype: torch.dtype) -> Tensor:
     d, r = dut.detach().to("cpu", torch.float64), ref.detach().to("cpu", torch.float64)
     info = torch.finfo(dtype)
     _, exponent = torch.frexp(r)
-    # frexp's exponent is floor(log2 |r|) + 1; below the smallest normal the spacing is fixed.
-    spacing = torch.ldexp(torch.ones_like(r), exponent - 1).clamp_min(info.tiny) * info.eps
+    # frexp's exponent is floor(log2 |r|) + 1 (0 for r = 0); below the smallest normal the
+    # spacing is fixed.
+    binade = torch.ldexp(torch.ones_like(r), exponent - 1).where(r != 0, torch.zeros_like(r))
+    spacing = binade.clamp_min(info.tiny) * info.eps
     return (d - r).abs() / spacing
 
 

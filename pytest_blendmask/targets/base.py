@@ -11,8 +11,10 @@ own module (``eager.py``, ``ort.py``, ``om.py``); everything else asks the objec
 - ``load(model, context)``: a ``Runner`` (batch -> raw tensors): a device copy of the
   model, an ONNX Runtime session, an .om session;
 - ``run(model, batch, image_sizes, runner=...)``: a ``TargetRun`` (raw tensors, the per-layer
-  dump, detections) and ``reference_dump(reference_run)``: what of the reference's dump
-  this target's dump is compared with;
+  dump, the target's detections and the host's decoding of its raw tensors) and
+  ``reference_dump(reference_run)``: what of the reference's dump this target's dump is
+  compared with. Where a target post-processes is its own business: an eager target runs
+  the whole pipeline on its device, a compiled one leaves the decoding to the host;
 - ``timed_device``: the device the eager perf grid times it on, None when it has its
   own timing loop.
 
@@ -51,14 +53,28 @@ class LoadContext:
     cache_dir: Path | None = None  # the ONNX export cache; the default cache when None
 
 
+HOST_POSTPROCESSING = "host: the reference model's postprocess of the graph outputs, on the CPU in float32"
+
+
 @dataclass(frozen=True)
 class TargetRun:
-    """What one target produced for one batch (all tensors on the CPU, float32)."""
+    """What one target produced for one batch (all tensors on the CPU, float32).
+
+    ``detections`` come from the target's whole pipeline, post-processed where the target
+    does it (``postprocessing`` says where, for the report). ``host_detections`` are the
+    reference model's decoding of the target's raw tensors on the host, in float32: the same
+    list where the target post-processes on the host (compiled targets); where the two
+    differ, a detection gate can tell a raw-tensor difference (both differ from the
+    reference) from one made by the device's post-processing (only ``detections`` differ).
+    Both are None for a model without ``postprocess`` (model/protocol.py).
+    """
 
     target: Target
     raw: dict[str, Tensor]
     dump: Dump
-    detections: list[dict[str, Tensor]]
+    detections: list[dict[str, Tensor]] | None
+    host_detections: list[dict[str, Tensor]] | None
+    postprocessing: str = HOST_POSTPROCESSING
 
 
 class Target(ABC):
@@ -106,14 +122,11 @@ class Target(ABC):
         ``runner`` is the target already loaded (``load``); without it the target is loaded
         for this one batch, at the batch's input size.
         """
-        import torch
-
         if runner is None:
             runner = self.load(model, LoadContext(tuple(batch.shape[-2:])))
         raw, dump = self._run_dumped(runner, batch, dump_mode)
-        with torch.inference_mode():
-            detections = model.postprocess(raw, image_sizes)
-        return TargetRun(self, raw, dump, detections)
+        detections = host_postprocess(model, raw, image_sizes)
+        return TargetRun(self, raw, dump, detections, detections)
 
     def _run_dumped(self, runner: Runner, batch: Tensor, dump_mode: str) -> tuple[dict[str, Tensor], Dump]:
         """Raw tensors and their dump; a compiled target is dumped at its graph outputs."""
@@ -127,3 +140,15 @@ class Target(ABC):
         from ..precision.dump import dump_from_outputs
 
         return dump_from_outputs(reference.raw)
+
+
+def host_postprocess(model: nn.Module, raw: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]] | None:
+    """``model.postprocess`` of CPU float32 ``raw`` tensors; None for a model without one (the tensor and ATC levels only)."""
+    import torch
+
+    from ..model.protocol import is_detector
+
+    if not is_detector(model):
+        return None
+    with torch.inference_mode():
+        return model.postprocess(raw, image_sizes)

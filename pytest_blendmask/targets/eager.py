@@ -1,4 +1,11 @@
-"""Eager PyTorch on a device (cpu, cuda:N, npu:N), in float32 or under fp16/bf16 autocast."""
+"""Eager PyTorch on a device (cpu, cuda:N, npu:N), in float32 or under fp16/bf16 autocast.
+
+An eager target runs the whole pipeline where a port runs it: ``forward_raw`` and
+``postprocess`` (decode, NMS, ``roi_align``, blend, paste) of its device copy, on its
+device, under its autocast; the detections are copied back. The raw tensors are also
+decoded on the host by the reference model, so that a detection failure says whether the
+raw tensors or the device's post-processing made the difference.
+"""
 from __future__ import annotations
 
 import copy
@@ -8,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ..dtypes import Dtype, autocast
-from .base import LoadContext, Need, Target, TargetRun
+from .base import LoadContext, Need, Target, TargetRun, host_postprocess
 from .npu import probe_torch_npu
 
 if TYPE_CHECKING:
@@ -96,26 +103,60 @@ class EagerTarget(Target):
     def load(self, model: torch.nn.Module, context: LoadContext | None = None) -> EagerRunner:
         return EagerRunner(to_device(model, self), self)
 
-    def _run_dumped(self, runner: EagerRunner, batch: torch.Tensor, dump_mode: str) -> tuple[dict[str, torch.Tensor], Dump]:
+    def run(self, model: torch.nn.Module, batch: torch.Tensor, image_sizes: list[tuple[int, int]], *,
+            runner: EagerRunner | None = None, dump_mode: str = "full") -> TargetRun:
+        """``forward_raw`` of the device copy, dumped layer by layer, then its ``postprocess`` on the device.
+
+        ``host_detections`` are ``model`` (the CPU reference)'s ``postprocess`` of the raw
+        tensors copied to the host in float32.
+        """
         from ..precision.dump import DumpCollector
 
+        if runner is None:
+            runner = self.load(model)
         with DumpCollector(runner.model, mode=dump_mode) as collector:
-            raw = runner(batch)
-        return raw, collector.dump
+            device_raw = runner.forward(batch)
+        raw = to_host(device_raw)
+        return TargetRun(
+            self, raw, collector.dump, runner.postprocess(device_raw, image_sizes), host_postprocess(model, raw, image_sizes),
+            postprocessing=f"device: the device copy's postprocess on {self.device}, under the {self.id} autocast",
+        )
 
     def reference_dump(self, reference: TargetRun) -> Dump:
         return reference.dump  # layer by layer, as this target's own
 
 
 class EagerRunner:
-    """A device copy of the model; ``runner(batch)`` is its ``forward_raw`` under the target's autocast."""
+    """A device copy of the model (``model``), run under the target's autocast.
+
+    ``runner(batch)`` is the ``Runner``: raw tensors on the host in float32. ``forward`` keeps
+    them on the device in the dtypes autocast gave them, which is what ``postprocess`` takes.
+    """
 
     def __init__(self, model: torch.nn.Module, target: EagerTarget) -> None:
         self.model = model
         self.target = target
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return forward_on_target(self.model, batch, self.target)
+        return to_host(self.forward(batch))
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forward_raw`` on the device, outputs left there."""
+        import torch
+
+        device = torch.device(self.target.device)
+        with torch.inference_mode(), autocast(device.type, self.target.dtype):
+            return self.model.forward_raw(batch.to(device))
+
+    def postprocess(self, device_raw: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]] | None:
+        """The device copy's ``postprocess`` of ``forward``'s tensors, on the device under the
+        target's autocast; detections copied back (floats as float32). None for a model without one."""
+        import torch
+
+        device = torch.device(self.target.device)
+        with autocast(device.type, self.target.dtype):
+            detections = host_postprocess(self.model, device_raw, image_sizes)
+        return None if detections is None else [to_host(image) for image in detections]
 
 
 def to_device(model: torch.nn.Module, target: Target) -> torch.nn.Module:
@@ -131,12 +172,6 @@ def to_device(model: torch.nn.Module, target: Target) -> torch.nn.Module:
     return copy.deepcopy(model).to(torch.device(target.device)).eval()
 
 
-def forward_on_target(device_model: torch.nn.Module, batch: torch.Tensor, target: EagerTarget) -> dict[str, torch.Tensor]:
-    """``forward_raw`` of a model already on the target's device, under the target's autocast;
-    raw tensors come back float32 on the CPU."""
-    import torch
-
-    device = torch.device(target.device)
-    with torch.inference_mode(), autocast(device.type, target.dtype):
-        raw = device_model.forward_raw(batch.to(device))
-    return {name: tensor.float().cpu() for name, tensor in raw.items()}
+def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` on the CPU, floating-point ones as float32 (masks and class ids keep their dtype)."""
+    return {name: t.cpu().float() if t.is_floating_point() else t.cpu() for name, t in tensors.items()}

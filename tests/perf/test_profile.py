@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_blendmask.model import build_model
+from pytest_blendmask.model import CONFIG_NAMES, build_model
 from pytest_blendmask.perf.grid import GridSpec
 from pytest_blendmask.perf.profile import profile_callable, write_summary
 from pytest_blendmask.perf.workload import build_workload, synthetic_jpegs
@@ -31,6 +31,9 @@ def test_profile(
 ) -> None:
     if dut_target.timed_device is None:
         pytest.skip(f"{dut_target.id}: profiles cover eager PyTorch targets; ONNX Runtime and .om have their own")
+    if bm_settings.model not in CONFIG_NAMES:
+        pytest.skip(f"the profile times a named BlendMask config's preprocessing, forward and postprocess; "
+                    f"{bm_settings.model} is a module:factory model")
     device = torch.device(dut_target.timed_device)
     size = perf_grid.input_sizes[0]
     model = build_model(bm_settings.model, seed=SEED).to(device).eval()

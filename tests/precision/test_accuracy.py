@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_blendmask.gates import ACCURACY_GATES, APPair, Gate, judge
+from pytest_blendmask.model.protocol import missing_for_detection
 
 pytestmark = [pytest.mark.precision, pytest.mark.slow]
 
@@ -20,7 +21,9 @@ def _id(gate: Gate) -> str:
 
 
 @pytest.mark.parametrize("gate", ACCURACY_GATES, ids=_id)
-def test_ap_drop(dut_target, reference_target, coco_accuracy, thresholds, bm_record, gate: Gate):
+def test_ap_drop(blendmask_model, dut_target, reference_target, coco_accuracy, thresholds, bm_record, gate: Gate):
+    if (reason := missing_for_detection(blendmask_model)) is not None:
+        pytest.skip(reason)
     reference = coco_accuracy(reference_target)
     reference_ap = getattr(reference, gate.measure.field)
     if reference_ap < MEANINGFUL_AP:

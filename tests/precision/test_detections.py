@@ -8,12 +8,15 @@ from __future__ import annotations
 import pytest
 
 from pytest_blendmask.gates import DETECTION_GATES, Gate, judge
+from pytest_blendmask.model.protocol import missing_for_detection
 
 pytestmark = pytest.mark.precision
 
 
 @pytest.mark.parametrize("gate", DETECTION_GATES, ids=[g.name for g in DETECTION_GATES])
-def test_detection_gate(dut_target, reference_target, target_run, detection_comparison, thresholds, bm_record, gate: Gate):
+def test_detection_gate(blendmask_model, dut_target, reference_target, target_run, detection_comparison, thresholds, bm_record, gate: Gate):
+    if (reason := missing_for_detection(blendmask_model)) is not None:
+        pytest.skip(reason)
     if sum(len(d["scores"]) for d in target_run(reference_target).detections) == 0:
         pytest.skip("the reference detects nothing on the sample batch (random weights?): no detection to compare")
     judge(bm_record, gate, dut_target.id, detection_comparison(dut_target), thresholds.detection[dut_target.precision])

@@ -37,19 +37,17 @@ def test_raw_output_shapes(name, norm):
     assert all(torch.isfinite(v).all() for v in raw.values())
 
 
-def test_r50_state_dict_is_the_official_key_layout_without_training_only_keys():
+def test_r50_state_dict_is_the_official_key_layout_training_only_seg_head_included():
     golden = load_golden()
-    official = {k: s for k, s in golden.keys_and_shapes() if not k.startswith("basis_module.seg_head.")}
     ours = {k: tuple(v.shape) for k, v in build_model("R_50").state_dict().items()}
     assert len(golden.keys_and_shapes()) == 379
-    assert ours == official
+    assert ours == dict(golden.keys_and_shapes())
+    assert sum(k.startswith("basis_module.seg_head.") for k in ours) == 14
 
 
 @pytest.mark.parametrize("name, official_keys", [("R_101", 634), ("R_101_dcni3", 656)])
 def test_key_counts_match_the_released_checkpoints(name, official_keys):
-    seg_head_keys = 14  # training-only auxiliary head, dropped on load
-    state = build_model(name).state_dict()
-    assert len(state) == official_keys - seg_head_keys
+    assert len(build_model(name).state_dict()) == official_keys
 
 
 def test_dcni3_deforms_every_third_block_of_res3_to_res5():
@@ -106,7 +104,7 @@ def test_unknown_config_and_norm_are_named():
         get_config("R_34")
     with pytest.raises(ValueError, match="syncbn"):
         get_config("lite", "syncbn")
-    assert set(CONFIG_NAMES) == {"lite", "R_50", "R_101", "R_101_dcni3"}
+    assert set(CONFIG_NAMES) == {"lite", "R_50", "R_101", "R_101_dcni3", "550_R_50_3x", "RT_R_50_4x_bn-head_syncbn_shtw"}
 
 
 def test_forward_with_streams_needs_an_accelerator():

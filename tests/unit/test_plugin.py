@@ -20,6 +20,8 @@ FIXTURE_DOCS = {
     "compiled_om": "The ONNX model compiled by ATC*",
     "compiled_target": "``compiled_target(spec)``*",
     "target_run": "``target_run(spec)``*",
+    "tensor_comparison": "``tensor_comparison(spec)``*",
+    "detection_comparison": "``detection_comparison(spec)``*",
     "bm_settings": "The validated --bm-* options of this session.",
     "bm_record": "Record a gate's verdict for the reports; fails the test when the verdict is a failure.",
     "bm_worker_device": "The --bm-devices entry this xdist worker is pinned to*",
@@ -60,7 +62,7 @@ def test_npu_marker_skips_with_probe_reason(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bm-model=R_200"], "--bm-model: expected one of lite, R_50, R_101, R_101_dcni3 or module:factory; got 'R_200'*"),
+        (["--bm-model=R_200"], "--bm-model: expected one of lite, R_50, R_101, R_101_dcni3, 550_R_50_3x, RT_R_50_4x_bn-head_syncbn_shtw or module:factory; got 'R_200'*"),
         (["--bm-weights=missing.safetensors"], "--bm-weights: expected an existing file; got 'missing.safetensors'*"),
         (["--bm-target=cpu", "--bm-target=tpu"], "--bm-target: expected cpu[[]:fp16|bf16], *; got 'tpu'*"),
         (["--bm-reference=gpu"], "--bm-reference: expected cpu[[]:fp16|bf16], *; got 'gpu'*"),

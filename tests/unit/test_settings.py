@@ -96,7 +96,10 @@ def test_parse_model_accepts_configs_and_findable_factories(text: str) -> None:
 def test_parse_model_rejects(text: str, detail: str) -> None:
     with pytest.raises(ValueError) as info:
         settings.parse_model(text)
-    assert str(info.value) == f"expected one of lite, R_50, R_101, R_101_dcni3 or module:factory; got {text!r}{detail}"
+    assert str(info.value) == (
+        "expected one of lite, R_50, R_101, R_101_dcni3, 550_R_50_3x, RT_R_50_4x_bn-head_syncbn_shtw or module:factory; "
+        f"got {text!r}{detail}"
+    )
 
 
 def test_model_names_mirror_the_model_package() -> None:
@@ -215,3 +218,18 @@ def test_perf_grid_defaults_to_quick_and_rejects_unknown_names(pytester: pytest.
     with pytest.raises(pytest.UsageError) as info:
         resolve_settings(pytester.parseconfig("--bm-perf-grid=huge"))
     assert str(info.value) == "--bm-perf-grid: expected quick or full; got 'huge' (from command line; ini key bm_perf_grid)"
+
+
+def test_an_unusable_factory_stops_the_session_at_start(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        badmodel="import torch\ndef number():\n    return 42\ndef lists():\n    return ListsOut()\n"
+        "class ListsOut(torch.nn.Module):\n    def forward(self, x):\n        return [{'boxes': x}]\n",
+        test_never="def test_never():\n    raise AssertionError('a session with an unusable model must not run tests')\n",
+    )
+    pytester.syspathinsert()
+    result = pytester.runpytest("--bm-model=badmodel:number", "--bm-input-size=64")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --bm-model: badmodel:number returned a int; expected a torch.nn.Module*README section*"])
+    result = pytester.runpytest("--bm-model=badmodel:lists", "--bm-input-size=64")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --bm-model: ListsOut(batch) returned list, not a tensor*give the model forward_raw*"])

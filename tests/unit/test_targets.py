@@ -12,7 +12,7 @@ import torch
 
 from pytest_blendmask import targets
 from pytest_blendmask.targets import parse_target
-from pytest_blendmask.targets.eager import EagerTarget, forward_on_target, to_device
+from pytest_blendmask.targets.eager import EagerRunner, EagerTarget, to_device
 from pytest_blendmask.targets.om import OmTarget
 from pytest_blendmask.targets.ort import OrtTarget
 
@@ -251,7 +251,7 @@ class _ConvNet(torch.nn.Module):
     ("text", "conv_dtype", "tolerance"),
     [("cpu", torch.float32, 0.0), ("cpu:fp16", torch.float16, 1e-2), ("cpu:bf16", torch.bfloat16, 5e-2)],
 )
-def test_forward_on_target_autocasts_and_returns_float32(
+def test_eager_runner_autocasts_and_returns_float32(
     monkeypatch: pytest.MonkeyPatch, text: str, conv_dtype: torch.dtype, tolerance: float
 ) -> None:
     monkeypatch.setattr(_ConvNet, "conv_dtypes", [])
@@ -261,7 +261,7 @@ def test_forward_on_target_autocasts_and_returns_float32(
         expected = model.conv(batch)
 
     spec = parse_target(text)
-    raw = forward_on_target(to_device(model, spec), batch, spec)
+    raw = EagerRunner(to_device(model, spec), spec)(batch)
 
     assert _ConvNet.conv_dtypes == [conv_dtype]
     assert raw["bases"].dtype == torch.float32 and raw["bases"].device.type == "cpu"

@@ -46,6 +46,17 @@ def _golden_tensor(key: str, shape: tuple[int, ...], is_conv_bias: bool, seed: i
     return values.astype(np.float32)
 
 
+def golden_state_dict(keys_and_shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, torch.Tensor]:
+    """Weights for any key layout by the golden rule: the same key and seed give the same tensor."""
+    ndim = dict((k, len(s)) for k, s in keys_and_shapes)
+    return {
+        key: torch.from_numpy(
+            _golden_tensor(key, shape, key.endswith(".bias") and ndim.get(key[: -len("bias")] + "weight") == 4, seed)
+        )
+        for key, shape in keys_and_shapes
+    }
+
+
 @dataclass(frozen=True)
 class GoldenCase:
     arrays: np.lib.npyio.NpzFile
@@ -61,14 +72,7 @@ class GoldenCase:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The official-layout checkpoint the reference ran with (379 keys for R_50)."""
-        ks = self.keys_and_shapes()
-        ndim = dict((k, len(s)) for k, s in ks)
-        return {
-            key: torch.from_numpy(
-                _golden_tensor(key, shape, key.endswith(".bias") and ndim.get(key[: -len("bias")] + "weight") == 4, self.meta["seed"])
-            )
-            for key, shape in ks
-        }
+        return golden_state_dict(self.keys_and_shapes(), self.meta["seed"])
 
     def masks(self) -> torch.Tensor:
         unpacked = np.unpackbits(self.arrays["det/masks_packed"], axis=-1, count=self.meta["width"])

@@ -1,0 +1,1 @@
+"""Precision family of the acceptance suite (``pytest_blendmask.suite.precision`` when installed)."""
