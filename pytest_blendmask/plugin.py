@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_blendmask.environment import collect_environment
-from pytest_blendmask.fixtures import chosen_targets, settings_key, thresholds_key
+from pytest_blendmask.fixtures import chosen_targets, factory_model_key, settings_key, thresholds_key
 from pytest_blendmask.placement import group_perf_items, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
@@ -69,7 +69,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # At session start rather than configure time: `pytest --help` and `--markers` configure
     # too, and must not import torch_npu or hash the weights for a report nobody writes.
     config = session.config
-    check_model_factory(config.stash[settings_key])
+    factory_model = check_model_factory(config.stash[settings_key])
+    if factory_model is not None:
+        config.stash[factory_model_key] = factory_model
     if hasattr(config, "workerinput") or config.option.collectonly:
         return  # workers forward their reports to the controller; --collect-only writes no report
     from pytest_blendmask.perf.timing import host_conditions  # imports torch

@@ -22,7 +22,7 @@ import pytest
 from pytest_blendmask.perf.grid import GRID_NAMES
 from pytest_blendmask.precision.thresholds import Thresholds, ThresholdsError, load_thresholds
 from pytest_blendmask.results import FAMILIES
-from pytest_blendmask.targets import TARGET_FORMS, Target, parse_device, parse_target
+from pytest_blendmask.targets import DEFORM_CONV_MODES, TARGET_FORMS, Target, parse_device, parse_target
 
 # Mirrors pytest_blendmask.model.CONFIG_NAMES (a unit test keeps them equal): importing the
 # model package loads torch, which `pytest --help` must not do.
@@ -55,6 +55,7 @@ class Settings:
     soc_version: str = "Ascend910B"
     require: tuple[str, ...] = ()  # families/devices whose skips fail the session
     perf_grid: str = "quick"  # quick: CI's 3-minute grid; full: the hardware run
+    deform_conv: str = "auto"  # which deformable convolution eager targets run (ops/selection.py)
 
 
 DEFAULTS = Settings()
@@ -155,6 +156,14 @@ def parse_perf_grid(text: str) -> str:
     return name
 
 
+def parse_deform_conv(text: str) -> str:
+    """One of ``DEFORM_CONV_MODES``."""
+    name = text.strip()
+    if name not in DEFORM_CONV_MODES:
+        raise ValueError(f"expected {', '.join(DEFORM_CONV_MODES)}; got {text!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class Option:
     """One ``--bm-<name>`` flag, its ``bm_<name>`` ini key, and how its value is parsed."""
@@ -211,6 +220,10 @@ OPTIONS = (
            metavar="TAG,TAG,..."),
     Option("perf-grid", "Perf grid: quick (CI, <= 3 min on 2 CPU cores) or full (every batch size, "
            "512 and 640, fp32/fp16/bf16; for hardware).", parse_perf_grid, metavar="quick|full"),
+    Option("deform-conv", "Deformable convolution of eager targets: auto (torchvision's kernel "
+           "unless a probe finds it samples inexactly on the device/dtype, then the pure-PyTorch "
+           "fallback), torchvision, or fallback (what a port without a kernel runs).",
+           parse_deform_conv, metavar="auto|torchvision|fallback"),
 )
 
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
@@ -293,22 +306,25 @@ def resolve_thresholds(settings: Settings) -> Thresholds:
         raise pytest.UsageError(f"--bm-thresholds: {exc}") from None
 
 
-def check_model_factory(settings: Settings) -> None:
-    """Build a ``module:factory`` model once and run it on a zero batch; a usage error says what is unusable.
+def check_model_factory(settings: Settings) -> Any:
+    """A ``module:factory`` model, built and run once on a zero batch; None for a named config.
 
     Named configs are known to work; a user's factory is checked at session start so that a
-    model the gate cannot call stops the run with the reason instead of erroring every test.
+    model the gate cannot call stops the run with a usage error saying why, instead of
+    erroring every test. The session then uses the model built here.
     """
     if settings.model in MODEL_NAMES:
-        return
+        return None
     from pytest_blendmask.model import ModelProtocolError, build_model, probe
 
     assert settings.input_size is not None  # resolve_settings requires it with a factory
     flag = OPTIONS_BY_FIELD["model"].flag
     try:
-        probe(build_model(settings.model, seed=SEED), settings.input_size, settings.model)
+        model = build_model(settings.model, seed=SEED)
+        probe(model, settings.input_size, settings.model)
     except ModelProtocolError as exc:
         raise pytest.UsageError(f"{flag}: {exc}") from None
+    return model
 
 
 def describe_settings(settings: Settings) -> list[str]:

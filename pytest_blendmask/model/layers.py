@@ -1,9 +1,22 @@
 """Building blocks shared by the backbone, the basis module and the head: norms and conv+norm."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def padded_size(sizes: list[tuple[int, int]], divisibility: int) -> tuple[int, int]:
+    """(H, W) of a batch of images of ``sizes`` zero-padded bottom/right to multiples of ``divisibility``."""
+    return tuple(math.ceil(max(side) / divisibility) * divisibility for side in zip(*sizes))  # type: ignore[return-value]
+
+
+def pad_batch(images: list[Tensor], divisibility: int) -> Tensor:
+    """``images`` ([C, h_i, w_i], already normalised) zero-padded bottom/right into one ``[N, C, H, W]`` batch."""
+    height, width = padded_size([(int(im.shape[-2]), int(im.shape[-1])) for im in images], divisibility)
+    return torch.stack([F.pad(im, (0, width - im.shape[-1], 0, height - im.shape[-2])) for im in images])
 
 
 class FrozenBatchNorm2d(nn.Module):

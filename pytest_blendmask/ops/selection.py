@@ -7,9 +7,9 @@ autocast wrapper that widens them), which at x = 100 resolves 1/16 of a pixel. B
 found by running the kernel, not from a table of devices: ``kernel_problem`` samples a ramp
 at x = 100.3 and reads the position back from the value.
 
-Recommended wiring (left to the target code): an eager target selects once, when it loads
-its model copy, ``use_deform_conv(model, select_deform_conv(device, dtype).op)``, and reports
-the choice and its reason; an option may force ``torchvision`` or ``fallback``.
+An eager target chooses once, when it loads its model copy (``apply_deform_conv``), and
+keeps the choice and its reason for the report; ``--bm-deform-conv torchvision|fallback``
+forces one, ``auto`` (the default) lets ``select_deform_conv`` decide.
 """
 from __future__ import annotations
 
@@ -73,6 +73,25 @@ def select_deform_conv(device: str, dtype: Dtype) -> DeformConvChoice:
     if problem is None:
         return DeformConvChoice("torchvision", torchvision_deform_conv2d, f"torchvision's {device} kernel samples exactly in {dtype}")
     return DeformConvChoice("fallback", fallback_deform_conv2d, problem)
+
+
+def choose_deform_conv(device: str, dtype: Dtype, mode: str = "auto") -> DeformConvChoice:
+    """``select_deform_conv`` for ``auto``; the named implementation for ``torchvision`` or ``fallback``."""
+    if mode == "auto":
+        return select_deform_conv(device, dtype)
+    forced = {"torchvision": torchvision_deform_conv2d, "fallback": fallback_deform_conv2d}
+    if mode not in forced:
+        raise ValueError(f"deform-conv mode must be auto, torchvision or fallback; got {mode!r}")
+    return DeformConvChoice(mode, forced[mode], f"forced by deform-conv mode {mode!r}")
+
+
+def apply_deform_conv(model: nn.Module, device: str, dtype: Dtype, mode: str = "auto") -> DeformConvChoice | None:
+    """Make ``model``'s deformable layers call the chosen implementation; None when it has none (nothing probed)."""
+    if not any(isinstance(module, ModulatedDeformConvNorm) for module in model.modules()):
+        return None
+    choice = choose_deform_conv(device, dtype, mode)
+    use_deform_conv(model, choice.op)
+    return choice
 
 
 def use_deform_conv(model: nn.Module, op: DeformConv) -> int:

@@ -134,9 +134,10 @@ def _md_cell(text: str) -> str:
 
 
 def render_table_md(table: Table) -> str:
+    head = f"## {table.title}\n\n" + (f"{table.note}\n\n" if table.note else "")
     if not table.rows:
-        return f"## {table.title}\n\n_{table.empty}_\n"
-    lines = [f"## {table.title}", "", "| " + " | ".join(table.headers) + " |",
+        return f"{head}_{table.empty}_\n"
+    lines = [head.rstrip("\n"), "", "| " + " | ".join(table.headers) + " |",
              "|" + "---|" * len(table.headers)]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     return "\n".join(lines) + "\n"

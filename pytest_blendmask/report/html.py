@@ -50,7 +50,7 @@ def verdict_html(report: Mapping[str, Any]) -> str:
 
 def table_html(table: Table) -> str:
     """One ``<table class="bm-table">`` under an ``<h3>``; every cell escaped."""
-    title = f"<h3>{html.escape(table.title)}</h3>"
+    title = f"<h3>{html.escape(table.title)}</h3>" + (f"<p>{html.escape(table.note)}</p>" if table.note else "")
     if not table.rows:
         return f'{title}<p class="bm-empty">{html.escape(table.empty)}</p>'
     result = table.headers.index(_RESULT_COLUMN) if _RESULT_COLUMN in table.headers else None

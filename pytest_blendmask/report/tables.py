@@ -13,18 +13,20 @@ from pytest_blendmask.results import FAMILIES
 
 FAMILY_TITLES = {"precision": "Precision", "perf": "Performance", "atc": "ATC / compiled model"}
 RECORD_HEADERS = ("Test", "Target", "Metric", "Value", "Limit", "Unit", "Result", "Detail")
+OPERATOR_HEADERS = ("Operator", "Inputs", "Runs in", "Metric", "Value", "Standard", "Result")
 _OP_GLYPHS = {"<=": "≤", ">=": "≥"}
 NONE_TEXT = "—"
 
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table; ``empty`` is shown instead when there are no rows."""
+    """A titled table; ``empty`` is shown instead when there are no rows; ``note`` under the title."""
 
     title: str
     headers: tuple[str, ...]
     rows: list[list[str]]
     empty: str
+    note: str = ""
 
 
 def format_number(value: Any) -> str:
@@ -49,6 +51,32 @@ def short_test_id(nodeid: str) -> str:
     return nodeid.rsplit("::", 1)[-1]
 
 
+def is_operator_record(record: Mapping[str, Any]) -> bool:
+    """A level-0 record (``tests/precision/test_ops.py``): it names the operator it judged."""
+    return "operator" in record["extra"]
+
+
+def verdict_text(record: Mapping[str, Any]) -> str:
+    return "pass" if record["passed"] else "FAIL"
+
+
+def operator_tables(precision_records: list[Mapping[str, Any]]) -> list[Table]:
+    """One table per target of its operator checks; the note says which deformable convolution it runs."""
+    tables = []
+    by_target: dict[str, list[Mapping[str, Any]]] = {}
+    for r in precision_records:
+        if is_operator_record(r):
+            by_target.setdefault(r["target"], []).append(r)
+    for target, records in by_target.items():
+        checks = [r for r in records if r["op"] is not None]
+        rows = [[r["extra"]["operator"], r["extra"]["inputs"], r["extra"]["runs_in"],
+                 r["metric"].removeprefix(f"{r['extra']['operator']}."), format_number(r["value"]),
+                 format_limit(r), verdict_text(r)] for r in checks]
+        notes = [r["detail"] for r in records if r["op"] is None]
+        tables.append(Table(f"Operators: {target}", OPERATOR_HEADERS, rows, "No operator checks ran.", " ".join(notes)))
+    return tables
+
+
 def record_rows(records: list[Mapping[str, Any]]) -> list[list[str]]:
     return [
         [
@@ -58,7 +86,7 @@ def record_rows(records: list[Mapping[str, Any]]) -> list[list[str]]:
             format_number(r["value"]),
             format_limit(r),
             r["unit"],
-            "pass" if r["passed"] else "FAIL",
+            verdict_text(r),
             r["detail"],
         ]
         for r in records
@@ -89,10 +117,15 @@ def environment_rows(env: Mapping[str, Any]) -> list[list[str]]:
 
 
 def report_tables(report: Mapping[str, Any]) -> list[Table]:
-    """Environment, one table per family, skips and failures, in reading order."""
+    """Environment, one table per family (the operator checks in their own tables, per target,
+    before the precision table), skips and failures, in reading order."""
     tables = [Table("Environment", ("Item", "Value"), environment_rows(report["environment"]), "")]
     for family in FAMILIES:
-        rows = record_rows(report["records"][family])
+        records = report["records"][family]
+        if family == "precision":
+            tables += operator_tables(records)
+            records = [r for r in records if not is_operator_record(r)]
+        rows = record_rows(records)
         tables.append(Table(FAMILY_TITLES[family], RECORD_HEADERS, rows, f"No {family} records in this run."))
     skips = [[short_test_id(s["test"]), ", ".join(s["tags"]), s["reason"]] for s in report["skips"]]
     tables.append(Table("Skipped", ("Test", "Tags", "Reason"), skips, "Nothing skipped."))

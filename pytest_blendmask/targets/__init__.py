@@ -7,13 +7,13 @@ own module (``eager``, ``ort``, ``om``). Nothing here imports torch, onnxruntime
 torch_npu at import time: the plugin imports this package for ``pytest --help``.
 """
 from .auto import AUTO_ACCELERATORS, auto_targets, describe_targets
-from .base import LoadContext, Need, Runner, Target, TargetRun
+from .base import DEFORM_CONV_MODES, LoadContext, Need, Runner, Target, TargetRun
 from .eager import parse_device
 from .npu import NPU_ENV_KNOBS, NPU_INSTALL_HINT, npu_environment, probe_torch_npu
 from .registry import KINDS, TARGET_FORMS, parse_target
 
 __all__ = [
-    "AUTO_ACCELERATORS", "KINDS", "NPU_ENV_KNOBS", "NPU_INSTALL_HINT", "TARGET_FORMS", "LoadContext", "Need",
+    "AUTO_ACCELERATORS", "DEFORM_CONV_MODES", "KINDS", "NPU_ENV_KNOBS", "NPU_INSTALL_HINT", "TARGET_FORMS", "LoadContext", "Need",
     "Runner", "Target", "TargetRun", "auto_targets", "describe_targets", "npu_environment", "parse_device",
     "parse_target", "probe_torch_npu",
 ]

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 Need = Literal["compile", "run"]
 DEFAULT_SOC_VERSION = "Ascend910B"
+# Which deformable convolution an eager target's model copy calls (ops/selection.py):
+# auto probes the device's kernel and falls back where it samples inexactly.
+DEFORM_CONV_MODES = ("auto", "torchvision", "fallback")
 
 
 class Runner(Protocol):
@@ -51,6 +54,7 @@ class LoadContext:
     input_hw: tuple[int, int]
     soc_version: str = DEFAULT_SOC_VERSION
     cache_dir: Path | None = None  # the ONNX export cache; the default cache when None
+    deform_conv: str = "auto"  # one of DEFORM_CONV_MODES; eager targets only
 
 
 HOST_POSTPROCESSING = "host: the reference model's postprocess of the graph outputs, on the CPU in float32"
@@ -61,7 +65,7 @@ class TargetRun:
     """What one target produced for one batch (all tensors on the CPU, float32).
 
     ``detections`` come from the target's whole pipeline, post-processed where the target
-    does it (``postprocessing`` says where, for the report). ``host_detections`` are the
+    does it (``target.postprocessing`` says where, for the report). ``host_detections`` are the
     reference model's decoding of the target's raw tensors on the host, in float32: the same
     list where the target post-processes on the host (compiled targets); where the two
     differ, a detection gate can tell a raw-tensor difference (both differ from the
@@ -74,7 +78,6 @@ class TargetRun:
     dump: Dump
     detections: list[dict[str, Tensor]] | None
     host_detections: list[dict[str, Tensor]] | None
-    postprocessing: str = HOST_POSTPROCESSING
 
 
 class Target(ABC):
@@ -103,6 +106,11 @@ class Target(ABC):
         """The device the eager perf grid times this target on; None when it is not timed there."""
         return None
 
+    @property
+    def postprocessing(self) -> str:
+        """Where this target's detections are decoded, for the report."""
+        return HOST_POSTPROCESSING
+
     @abstractmethod
     def skip_reason(self, need: Need = "run") -> str | None:
         """None if this machine can ``need`` the target, else the exact skip reason."""
@@ -127,6 +135,18 @@ class Target(ABC):
         raw, dump = self._run_dumped(runner, batch, dump_mode)
         detections = host_postprocess(model, raw, image_sizes)
         return TargetRun(self, raw, dump, detections, detections)
+
+    def detect(self, model: nn.Module, runner: Runner, batch: Tensor, image_sizes: list[tuple[int, int]]
+               ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+        """(detections, host decoding of the raw tensors) of ``batch``, without dumping.
+
+        Here both are the host's post-processing of the raw tensors, one list returned twice;
+        a target that post-processes on its device returns two.
+        """
+        detections = host_postprocess(model, {k: v.float().cpu() for k, v in runner(batch).items()}, image_sizes)
+        if detections is None:
+            raise ValueError(f"{type(model).__name__} has no postprocess: there are no detections to run a split for")
+        return detections, detections
 
     def _run_dumped(self, runner: Runner, batch: Tensor, dump_mode: str) -> tuple[dict[str, Tensor], Dump]:
         """Raw tensors and their dump; a compiled target is dumped at its graph outputs."""

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_blendmask.model import BlendMask
 from pytest_blendmask.ops.deform_conv import deform_conv2d as fallback_deform_conv2d
-from pytest_blendmask.ops.selection import select_deform_conv
+from pytest_blendmask.ops.selection import choose_deform_conv
 from pytest_blendmask.precision.op_checks import check, record
 from pytest_blendmask.precision.op_inputs import (
     ATTENTION_RESIZE,
@@ -61,11 +61,26 @@ def test_operator(operator, op_cases, dut_target, eager_device, thresholds, bm_r
     run_and_record(operator, op_cases, dut_target, eager_device, thresholds, bm_record)
 
 
+def selection_note(dut_target, runner, choice) -> str:
+    """Which deformable convolution the target runs, and why, for the operators table."""
+    if runner.deform_conv is None:
+        return (f"{DEFORM_CONV}: the model has no deformable layers; on {dut_target.id} one would run "
+                f"{choice.name} ({choice.reason}).")
+    return f"{DEFORM_CONV}: the model's deformable layers run {choice.name} on {dut_target.id} ({choice.reason})."
+
+
 @pytest.mark.parametrize("implementation", ["torchvision", "fallback"])
-def test_deform_conv2d(implementation, op_cases, dut_target, eager_device, thresholds, bm_record):
-    """torchvision's kernel where the target selects it (``ops.selection``); the fallback on every target."""
-    choice = select_deform_conv(eager_device, dut_target.precision)
+def test_deform_conv2d(implementation, op_cases, dut_target, eager_device, compiled_target, bm_settings, thresholds,
+                       bm_record):
+    """The implementation the target selects (``ops.selection``, ``--bm-deform-conv``) and the fallback on every target."""
+    choice = choose_deform_conv(eager_device, dut_target.precision, bm_settings.deform_conv)
     if implementation == "torchvision" and choice.name != "torchvision":
         pytest.skip(f"{dut_target.id} runs the fallback (checked by test_deform_conv2d[fallback]): {choice.reason}")
+    if implementation == choice.name:
+        runner = compiled_target(dut_target)
+        assert runner.deform_conv is None or runner.deform_conv.name == choice.name, (
+            f"{dut_target.id} loaded {runner.deform_conv.name}, the selection says {choice.name}")
+        bm_record("precision", dut_target.id, f"{DEFORM_CONV}.selection", None, None, "", True,
+                  detail=selection_note(dut_target, runner, choice), operator=DEFORM_CONV, selection=choice.name)
     op = choice.op if implementation == "torchvision" else fallback_deform_conv2d
     run_and_record(DEFORM_CONV, op_cases, dut_target, eager_device, thresholds, bm_record, op, implementation=implementation)

@@ -11,6 +11,7 @@ from pytest_blendmask.ops.deform_conv import deform_conv2d
 from pytest_blendmask.ops.selection import kernel_problem, select_deform_conv, use_deform_conv
 from pytest_blendmask.precision.op_standards import absolute_threshold
 from pytest_blendmask.precision.thresholds import load_thresholds
+from pytest_blendmask.targets import LoadContext, parse_target
 
 FP32 = load_thresholds().operator["fp32"]
 
@@ -126,3 +127,21 @@ def test_use_deform_conv_switches_every_deformable_layer_of_r101_dcni3(dcni3):
 
 def test_use_deform_conv_on_a_model_without_deformable_layers_switches_nothing():
     assert use_deform_conv(build_model("lite"), deform_conv2d) == 0
+
+
+@pytest.mark.parametrize(("spec", "mode", "name"), [("cpu", "auto", "torchvision"), ("cpu:fp16", "auto", "fallback"),
+                                                    ("cpu", "fallback", "fallback"), ("cpu:bf16", "torchvision", "torchvision")])
+def test_an_eager_target_loads_its_deformable_layers_with_the_chosen_implementation(dcni3, spec, mode, name):
+    runner = parse_target(spec).load(dcni3, LoadContext((64, 64), deform_conv=mode))
+    assert runner.deform_conv.name == name
+    expected = torchvision_deform_conv2d if name == "torchvision" else deform_conv2d
+    layers = [m for m in runner.model.modules() if isinstance(m, ModulatedDeformConvNorm)]
+    assert len(layers) == 11 and all(layer.deform_conv is expected for layer in layers)
+    assert all(m.deform_conv is ModulatedDeformConvNorm.deform_conv  # the session's reference keeps torchvision's
+               for m in dcni3.modules() if isinstance(m, ModulatedDeformConvNorm))
+    if mode != "auto":
+        assert runner.deform_conv.reason == f"forced by deform-conv mode {mode!r}"
+
+
+def test_a_model_without_deformable_layers_loads_no_choice():
+    assert parse_target("cpu:fp16").load(build_model("lite"), LoadContext((64, 64))).deform_conv is None

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
+from pytest_blendmask.report import final
 from pytest_blendmask.report import html as bm_html
 from pytest_blendmask.report import plots
 from pytest_blendmask.report.controller import HTML_HOOKS_NAME
-from pytest_blendmask.report.tables import Table, report_tables
+from pytest_blendmask.report.tables import Table, operator_tables, report_tables
 from pytest_blendmask.results import batch_series, layer_series
 from tests.unit.report_support import RECORDING_PROJECT, final_report
 
@@ -121,3 +122,25 @@ def test_report_tables_share_rows_between_markdown_and_html() -> None:
     assert environment["Model"] == "lite, input 64x96"
     assert tables["Precision"].rows == [["test_layers[cpu:fp16]", "cpu:fp16", "relative_l2_error", "NaN", "≤ 0.1", "", "pass", ""]]
     assert tables["Performance"].rows == [] and tables["Performance"].empty == "No perf records in this run."
+
+
+def test_operator_checks_get_a_table_per_target_with_the_deform_conv_choice_as_its_note() -> None:
+    def op_record(target: str, metric: str, value: float, passed: bool) -> dict:
+        return _record(test="tests/precision/test_ops.py::test_operator[roi_align-x]", target=target, metric=metric,
+                       value=value, limit=1e-3, passed=passed,
+                       extra={"operator": "roi_align", "inputs": "captured blender#0 (boxes [3, 5])", "runs_in": "fp32"})
+
+    selection = _record(target="cpu:fp16", metric="deform_conv2d.selection", value=None, op=None, limit=None,
+                        detail="deform_conv2d: the model has no deformable layers; on cpu:fp16 one would run fallback.",
+                        extra={"operator": "deform_conv2d", "selection": "fallback"})
+    records = [_record(), op_record("cpu:fp16", "roi_align.max_relative_excess", 2e-4, True), selection,
+               op_record("cpu:bf16", "roi_align.max_relative_excess", 5e-3, False)]
+    tables = operator_tables(records)
+    assert [t.title for t in tables] == ["Operators: cpu:fp16", "Operators: cpu:bf16"]
+    assert tables[0].rows == [["roi_align", "captured blender#0 (boxes [3, 5])", "fp32", "max_relative_excess", "0.0002",
+                               "≤ 0.001", "pass"]]
+    assert tables[0].note == selection["detail"] and tables[1].note == ""
+    assert tables[1].rows[0][-1] == "FAIL"
+    markdown = final.render_table_md(tables[0])
+    assert markdown.startswith(f"## Operators: cpu:fp16\n\n{selection['detail']}\n\n| Operator |")
+    assert f"<p>{selection['detail']}</p>" in bm_html.table_html(tables[0])

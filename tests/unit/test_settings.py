@@ -220,6 +220,15 @@ def test_perf_grid_defaults_to_quick_and_rejects_unknown_names(pytester: pytest.
     assert str(info.value) == "--bm-perf-grid: expected quick or full; got 'huge' (from command line; ini key bm_perf_grid)"
 
 
+def test_deform_conv_defaults_to_auto_and_rejects_unknown_modes(pytester: pytest.Pytester) -> None:
+    assert resolve_settings(pytester.parseconfig()).deform_conv == "auto"
+    assert resolve_settings(pytester.parseconfig("--bm-deform-conv", " fallback")).deform_conv == "fallback"
+    with pytest.raises(pytest.UsageError) as info:
+        resolve_settings(pytester.parseconfig("--bm-deform-conv=dcnv3"))
+    assert str(info.value) == ("--bm-deform-conv: expected auto, torchvision, fallback; got 'dcnv3' "
+                               "(from command line; ini key bm_deform_conv)")
+
+
 def test_an_unusable_factory_stops_the_session_at_start(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         badmodel="import torch\ndef number():\n    return 42\ndef lists():\n    return ListsOut()\n"

@@ -66,6 +66,21 @@ def edited(old: str, new: str, count: int = 1) -> str:
 FP16_SECTION = "[precision.tensor.fp16]\nmax_mean_relative_l2_error = 0.005"
 
 
+OPERATOR_FP16 = "[precision.operator.fp16]\nmax_relative_error = 1e-3"
+OPERATOR_SECTION_ERRORS = [
+        pytest.param(edited(OPERATOR_FP16, OPERATOR_FP16 + "\nrtol = 1e-3"),
+                     r"\[precision.operator.fp16\] unknown key 'rtol'; accepted: max_relative_error, small_value, ",
+                     id="unknown-key"),
+        pytest.param(edited(OPERATOR_FP16, "[precision.operator.int8]\nmax_relative_error = 1e-3"),
+                     r"\[precision.operator\] unknown precision 'int8'; accepted: fp32, fp16, bf16", id="int8-refused"),
+        pytest.param(edited("ulp_threshold = 1\nmax_share_above_ulp_threshold = 0.001\nnms_iou_tie_tolerance = 4e-3",
+                            "ulp_threshold = -1\nmax_share_above_ulp_threshold = 0.001\nnms_iou_tie_tolerance = 4e-3"),
+                     r"\[precision.operator.bf16\] ulp_threshold = -1.0: expected a value in \[0.0, inf\]", id="negative"),
+        pytest.param(edited("nms_iou_tie_tolerance = 1e-6\n", ""),
+                     r"\[precision.operator.fp32\] missing key 'nms_iou_tie_tolerance'", id="missing-key"),
+]
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -133,6 +148,7 @@ FP16_SECTION = "[precision.tensor.fp16]\nmax_mean_relative_l2_error = 0.005"
             id="incomplete-target-perf-section",
         ),
         pytest.param("[precision", r"thresholds.toml: not valid TOML", id="not-toml"),
+        *OPERATOR_SECTION_ERRORS,
     ],
 )
 def test_bad_file_is_an_error_naming_file_section_key_and_fix(tmp_path, text, message):
@@ -221,31 +237,6 @@ def test_operator_standards_are_msprobes_per_dtype_values():
     assert rules == {"fp32": (1e-6, 1e-6, 1e-9, 32, 0.05), "fp16": (1e-3, 1e-3, 1e-5, 1, 0.001),
                      "bf16": (4e-3, 1e-3, 1e-5, 1, 0.001)}
     assert all(s.nms_iou_tie_tolerance == s.max_relative_error for s in operator.values())
-
-
-OPERATOR_FP16 = "[precision.operator.fp16]\nmax_relative_error = 1e-3"
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        pytest.param(edited(OPERATOR_FP16, OPERATOR_FP16 + "\nrtol = 1e-3"),
-                     r"\[precision.operator.fp16\] unknown key 'rtol'; accepted: max_relative_error, small_value, ",
-                     id="unknown-key"),
-        pytest.param(edited(OPERATOR_FP16, "[precision.operator.int8]\nmax_relative_error = 1e-3"),
-                     r"\[precision.operator\] unknown precision 'int8'; accepted: fp32, fp16, bf16", id="int8-refused"),
-        pytest.param(edited("ulp_threshold = 1\nmax_share_above_ulp_threshold = 0.001\nnms_iou_tie_tolerance = 4e-3",
-                            "ulp_threshold = -1\nmax_share_above_ulp_threshold = 0.001\nnms_iou_tie_tolerance = 4e-3"),
-                     r"\[precision.operator.bf16\] ulp_threshold = -1.0: expected a value in \[0.0, inf\]", id="negative"),
-        pytest.param(edited("nms_iou_tie_tolerance = 1e-6\n", ""),
-                     r"\[precision.operator.fp32\] missing key 'nms_iou_tie_tolerance'", id="missing-key"),
-    ],
-)
-def test_bad_operator_section_is_an_error_naming_file_section_and_key(tmp_path, text, message):
-    path = write(tmp_path, text)
-    with pytest.raises(ThresholdsError, match=message) as info:
-        load_thresholds(path)
-    assert str(path) in str(info.value)
 
 
 def test_a_file_without_operator_standards_is_refused_with_the_fix(tmp_path):
