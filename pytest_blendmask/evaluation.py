@@ -1,20 +1,123 @@
-"""COCO box and mask AP of a target over a COCO-format split: the accuracy level's measurement.
+"""A target's detections of a list of images or of a split, and their COCO box and mask AP.
 
-It runs a target (``targets``) and scores what it found with the metrics of
-``precision.accuracy``, which is why it sits above both.
+What the detection and accuracy levels measure: it runs a target (``targets``) and scores
+what it found with the metrics of ``precision.accuracy``, which is why it sits above both.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data import ensure_split, load_split, read_image
 from .precision.accuracy import AccuracyResult, coco_ap, detections_to_coco
 from .targets import LoadContext, Runner, Target, parse_target
+
+
+@dataclass(frozen=True)
+class ImagesRun:
+    """A target's detections of a list of images, in order.
+
+    ``detections`` come from the target's whole pipeline (``Target.detect``);
+    ``host_detections`` are the reference code's decoding of its raw tensors on the host,
+    the same list for a target that post-processes there. Images went through the target
+    ``batch_size`` at a time, so a batch mix-up shows within consecutive windows.
+    """
+
+    target: str
+    batch_size: int
+    detections: list[dict[str, Tensor]]
+    host_detections: list[dict[str, Tensor]]
+    seconds: float
+
+
+def run_images(model: nn.Module, target: Target, runner: Runner | None, images: Sequence[Tensor],
+               batch_size: int) -> ImagesRun:
+    """Run ``target`` over ``images`` (``[3, H, W]`` uint8 BGR), preprocessed by ``model`` on the CPU,
+    ``batch_size`` at a time; ``runner`` is the target loaded, or None to load it once here."""
+    detections: list[dict[str, Tensor]] = []
+    host_detections: list[dict[str, Tensor]] = []
+    decoded_on_host = True  # the target post-processes on the host: one list serves both
+    start = time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        batch, sizes = model.preprocess(list(images[first : first + batch_size]))
+        if runner is None:
+            # Loaded once, for all images; a compiled target takes its input size from the batch.
+            runner = target.load(model, LoadContext(tuple(batch.shape[-2:])))
+        found, decoded = target.detect(model, runner, batch, sizes)
+        detections += found
+        host_detections += decoded
+        decoded_on_host &= decoded is found
+    return ImagesRun(target.id, batch_size, detections, detections if decoded_on_host else host_detections,
+                     time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class SplitRun:
+    """``run`` over the first images (by id) of a COCO-format split, with what scoring needs."""
+
+    coco: dict[str, Any]  # the split's annotations
+    image_ids: list[int]
+    run: ImagesRun
+
+
+def run_split(
+    model: nn.Module,
+    target: Target | str,
+    split_path: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 4,
+    runner: Runner | None = None,
+) -> SplitRun:
+    """Run ``target`` over the first ``limit`` images (by id) of a split (``run_images``).
+
+    Args:
+        model: the CPU reference (eval mode): its preprocessing and, for the host
+            decoding, its post-processing.
+        target: the target (or its spec); without ``runner`` it is loaded once for the split.
+        split_path: a split directory (``ensure_split``); the cached evaluation split when None.
+        limit: only the first ``limit`` images; all when None.
+        batch_size: images per call of the target.
+        runner: the target already loaded (the session's fixtures share one), or a stand-in
+            for tests (a compiled target's: batch -> raw tensors).
+
+    Raises:
+        ValueError: a bad target spec, or one that cannot run on this machine (the reason).
+    """
+    spec = parse_target(target) if isinstance(target, str) else target
+    if runner is None:
+        reason = spec.skip_reason()
+        if reason is not None:
+            raise ValueError(f"target {spec.id} cannot run here: {reason}")
+    split = load_split(split_path if split_path is not None else ensure_split())
+    images = sorted(split.coco["images"], key=lambda im: im["id"])[:limit]
+    tensors = [torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in split.image_paths[: len(images)]]
+    return SplitRun(split.coco, [im["id"] for im in images], run_images(model, spec, runner, tensors, batch_size))
+
+
+def score(run: SplitRun) -> AccuracyResult:
+    """COCO box and mask AP of a ``SplitRun``'s detections (the target's whole pipeline)."""
+    results: list[dict[str, Any]] = []
+    for image_id, dets in zip(run.image_ids, run.run.detections):
+        results += detections_to_coco(dets, image_id)
+    bbox = coco_ap(run.coco, results, "bbox", run.image_ids)
+    segm = coco_ap(run.coco, results, "segm", run.image_ids)
+    return AccuracyResult(
+        target=run.run.target,
+        num_images=len(run.image_ids),
+        bbox_AP=bbox["AP"],
+        bbox_AP50=bbox["AP50"],
+        bbox_AP75=bbox["AP75"],
+        segm_AP=segm["AP"],
+        segm_AP50=segm["AP50"],
+        segm_AP75=segm["AP75"],
+        seconds=run.run.seconds,
+    )
 
 
 def evaluate(
@@ -25,59 +128,9 @@ def evaluate(
     batch_size: int = 4,
     run_raw: Runner | None = None,
 ) -> AccuracyResult:
-    """COCO box and mask AP of ``model`` run on ``target`` over a split.
+    """COCO box and mask AP of ``model`` run on ``target`` over a split: ``score(run_split(...))``.
 
-    Each batch is preprocessed on the CPU, run by ``run_raw`` (default: ``target`` loaded
-    once for the whole split, e.g. a copy of the model on its device under its autocast), and
-    post-processed on the host in float32 by the CPU model, so only the raw network differs
-    between targets.
-
-    Args:
-        model: a BlendMask on the CPU, eval mode.
-        target: the target (or its spec); it names the result and, without ``run_raw``, runs the model.
-        split_path: a split directory (``ensure_split``); the cached evaluation split when None.
-        limit: evaluate only the first ``limit`` images (by image id); all when None.
-        batch_size: images per ``run_raw`` call.
-        run_raw: ``batch Tensor[N, 3, H, W] -> raw dict``, a target already loaded (the
-            session's fixtures share one) or a stand-in for tests.
-
-    Raises:
-        ValueError: a bad target spec, or one that cannot run on this machine (the reason).
+    An eager target post-processes on its device, a compiled one on the host with the CPU
+    model's code (``Target.detect``); ``run_raw`` is ``run_split``'s ``runner``.
     """
-    spec = parse_target(target) if isinstance(target, str) else target
-    if run_raw is None:
-        reason = spec.skip_reason()
-        if reason is not None:
-            raise ValueError(f"target {spec.id} cannot run here: {reason}")
-    split = load_split(split_path if split_path is not None else ensure_split())
-    images = sorted(split.coco["images"], key=lambda im: im["id"])[:limit]
-    paths = split.image_paths[: len(images)]
-
-    results: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    for first in range(0, len(images), batch_size):
-        chunk = slice(first, first + batch_size)
-        tensors = [torch.from_numpy(read_image(p)).permute(2, 0, 1) for p in paths[chunk]]
-        batch, sizes = model.preprocess(tensors)
-        if run_raw is None:
-            # Loaded once, for the whole split; a compiled target takes its input size from the batch.
-            run_raw = spec.load(model, LoadContext(tuple(batch.shape[-2:])))
-        raw = {name: t.float().cpu() for name, t in run_raw(batch).items()}
-        for image, dets in zip(images[chunk], model.postprocess(raw, sizes)):
-            results += detections_to_coco(dets, image["id"])
-    seconds = time.perf_counter() - start
-
-    image_ids = [im["id"] for im in images]
-    bbox = coco_ap(split.coco, results, "bbox", image_ids)
-    segm = coco_ap(split.coco, results, "segm", image_ids)
-    return AccuracyResult(
-        target=spec.id,
-        num_images=len(images),
-        bbox_AP=bbox["AP"],
-        bbox_AP50=bbox["AP50"],
-        bbox_AP75=bbox["AP75"],
-        segm_AP=segm["AP"],
-        segm_AP50=segm["AP50"],
-        segm_AP75=segm["AP75"],
-        seconds=seconds,
-    )
+    return score(run_split(model, target, split_path, limit, batch_size, run_raw))

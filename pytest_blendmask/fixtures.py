@@ -25,12 +25,17 @@ if TYPE_CHECKING:
 
     from pytest_blendmask.perf.grid import GridPoint, GridSpec
     from pytest_blendmask.perf.ladder import PerfPoint
+    from pytest_blendmask.perf.workload import TimedModel
 
 settings_key = pytest.StashKey[Settings]()
 thresholds_key = pytest.StashKey[Thresholds]()
 targets_key = pytest.StashKey["list[Target]"]()
+factory_model_key = pytest.StashKey[Any]()  # a --bm-model module:factory model, built and checked at session start
 
 SAMPLE_IMAGES = 2  # two images, so that code mixing up per-image results shows it
+# The detection level's images: the sample batch's and the next, the evaluation split's
+# first 10 at its size, where the detection limits were measured.
+DETECTION_IMAGES = 10
 ACCURACY_IMAGES = 50  # the first 50 of the 200-image evaluation split: AP to about +-1 point, ~1 min per target on 2 cores
 
 
@@ -58,12 +63,14 @@ def bm_settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def blendmask_model(bm_settings: Settings) -> torch.nn.Module:
+def blendmask_model(pytestconfig: pytest.Config, bm_settings: Settings) -> torch.nn.Module:
     """The BlendMask model chosen by --bm-model with --bm-weights (or shipped/random) loaded, eval, CPU."""
     from pytest_blendmask.model import build_model
     from pytest_blendmask.model.weights import load_weights
 
-    model = build_model(bm_settings.model, seed=SEED)
+    model = pytestconfig.stash.get(factory_model_key, None)
+    if model is None:
+        model = build_model(bm_settings.model, seed=SEED)
     weights = weights_path(bm_settings)
     if weights is not None:
         load_weights(model, weights)
@@ -114,19 +121,23 @@ def dut_target(request: pytest.FixtureRequest) -> Target:
     return target
 
 
-@pytest.fixture(scope="session")
-def sample_batch(blendmask_model: Any, bm_settings: Settings) -> SampleBatch:
-    """Deterministic synthetic shape images (BGR) at --bm-input-size, preprocessed by the model."""
+def generated_images(settings: Settings, count: int) -> list[Any]:
+    """The first ``count`` images (BGR, [3, H, W] uint8) of the evaluation distribution at --bm-input-size,
+    so that a trained model detects something and the detection gates have pairs to compare."""
     import torch
 
     from pytest_blendmask.data import EVAL_SEED, generate_sample
     from pytest_blendmask.model import get_config
 
-    height, width = bm_settings.input_size or (get_config(bm_settings.model).input_size,) * 2
-    # Images of the evaluation distribution, so that a trained model detects something and
-    # the detection gates have pairs to compare.
-    samples = [generate_sample(EVAL_SEED, index, height, width) for index in range(SAMPLE_IMAGES)]
-    images = [torch.from_numpy(s.image).permute(2, 0, 1).contiguous() for s in samples]
+    height, width = settings.input_size or (get_config(settings.model).input_size,) * 2
+    samples = [generate_sample(EVAL_SEED, index, height, width) for index in range(count)]
+    return [torch.from_numpy(s.image).permute(2, 0, 1).contiguous() for s in samples]
+
+
+@pytest.fixture(scope="session")
+def sample_batch(blendmask_model: Any, bm_settings: Settings) -> SampleBatch:
+    """The first two ``generated_images``, preprocessed by the model."""
+    images = generated_images(bm_settings, SAMPLE_IMAGES)
     tensor, image_sizes = blendmask_model.preprocess(images)
     return SampleBatch(images, tensor, image_sizes)
 
@@ -182,6 +193,25 @@ def perf_points() -> list[PerfPoint]:
     return []
 
 
+@pytest.fixture(scope="session")
+def perf_model(blendmask_model: Any, bm_settings: Settings) -> Callable[[str, str], TimedModel]:
+    """``perf_model(norm, device)`` -> a fresh copy on ``device`` of the session's model and weights in the ``norm`` layout (a ``TimedModel``), refitted once per norm."""
+    import torch
+
+    from pytest_blendmask.perf.workload import timed_model
+
+    weights = weights_path(bm_settings)
+    described = weights.name if weights else f"random init (seed {SEED})"
+    by_norm: dict[str, TimedModel] = {}
+
+    def get(norm: str, device: str) -> TimedModel:
+        if norm not in by_norm:
+            by_norm[norm] = timed_model(blendmask_model, norm, described)
+        return by_norm[norm].on(torch.device(device))
+
+    return get
+
+
 @pytest.fixture
 def dump_collector(bm_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """Factory ``dump_collector(model, mode="full"|"stats", include=..., exclude=...)``; dumps persist to --bm-dump-dir."""
@@ -227,7 +257,8 @@ def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings
 
     def get(spec: Target) -> Any:
         if spec.id not in cache:
-            context = LoadContext(tuple(sample_batch.tensor.shape[-2:]), bm_settings.soc_version)
+            context = LoadContext(tuple(sample_batch.tensor.shape[-2:]), bm_settings.soc_version,
+                                  deform_conv=bm_settings.deform_conv)
             cache[spec.id] = spec.load(blendmask_model, context)
         return cache[spec.id]
 
@@ -235,15 +266,31 @@ def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings
 
 
 @pytest.fixture(scope="session")
-def coco_accuracy(blendmask_model: Any, compiled_target: Callable[[Target], Any]) -> Callable[..., Any]:
-    """``coco_accuracy(spec, limit=50)`` -> COCO box/mask AP of a target on the evaluation split, computed once per target and limit."""
-    from pytest_blendmask.evaluation import evaluate
+def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any]) -> Callable[..., Any]:
+    """``split_run(spec, limit=50)`` -> the target's ``SplitRun`` (its whole pipeline's detections, and the
+    host's decoding of its raw tensors) over the first ``limit`` evaluation images, computed once per target and limit."""
+    from pytest_blendmask.evaluation import run_split
 
     cache: dict[tuple[str, int | None], Any] = {}
 
     def get(spec: Target, limit: int | None = ACCURACY_IMAGES) -> Any:
         if (spec.id, limit) not in cache:
-            cache[spec.id, limit] = evaluate(blendmask_model, spec, limit=limit, run_raw=compiled_target(spec))
+            cache[spec.id, limit] = run_split(blendmask_model, spec, limit=limit, runner=compiled_target(spec))
+        return cache[spec.id, limit]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def coco_accuracy(split_run: Callable[..., Any]) -> Callable[..., Any]:
+    """``coco_accuracy(spec, limit=50)`` -> COCO box/mask AP of a target's ``split_run``, computed once per target and limit."""
+    from pytest_blendmask.evaluation import score
+
+    cache: dict[tuple[str, int | None], Any] = {}
+
+    def get(spec: Target, limit: int | None = ACCURACY_IMAGES) -> Any:
+        if (spec.id, limit) not in cache:
+            cache[spec.id, limit] = score(split_run(spec, limit))
         return cache[spec.id, limit]
 
     return get
@@ -281,13 +328,35 @@ def tensor_comparison(target_run: Callable[[Target], Any], reference_target: Tar
 
 
 @pytest.fixture(scope="session")
-def detection_comparison(target_run: Callable[[Target], Any], reference_target: Target, thresholds: Thresholds) -> Callable[[Target], Any]:
-    """``detection_comparison(spec)``: per-image ``DetectionMetrics`` of the target's detections matched to the reference's."""
-    from pytest_blendmask.precision.match import detection_metrics
+def detection_run(blendmask_model: Any, bm_settings: Settings, compiled_target: Callable[[Target], Any]) -> Callable[[Target], Any]:
+    """``detection_run(spec)`` -> the target's ``ImagesRun`` (its whole pipeline's detections, and the host's
+    decoding of its raw tensors) of the detection images, two at a time, computed once per target."""
+    from pytest_blendmask.evaluation import run_images
+
+    images = generated_images(bm_settings, DETECTION_IMAGES)
+    cache: dict[str, Any] = {}
+
+    def run(spec: Target) -> Any:
+        if spec.id not in cache:
+            cache[spec.id] = run_images(blendmask_model, spec, compiled_target(spec), images, SAMPLE_IMAGES)
+        return cache[spec.id]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def detection_comparison(detection_run: Callable[[Target], Any], reference_target: Target, thresholds: Thresholds) -> Callable[[Target], Any]:
+    """``detection_comparison(spec)``: the ``DetectionComparison`` of the target's ``detection_run`` against the reference's."""
+    from pytest_blendmask.precision.match import compare_detections
+
+    cache: dict[str, Any] = {}
 
     def get(spec: Target) -> Any:
-        ref, dut = target_run(reference_target), target_run(spec)
-        iou = thresholds.detection[spec.precision].match_iou
-        return [detection_metrics(r, d, iou) for r, d in zip(ref.detections, dut.detections)]
+        if spec.id not in cache:
+            ref, dut = detection_run(reference_target), detection_run(spec)
+            host = None if dut.host_detections is dut.detections else dut.host_detections
+            cache[spec.id] = compare_detections(ref.detections, dut.detections,
+                                                thresholds.detection[spec.precision].match_iou, dut.batch_size, host)
+        return cache[spec.id]
 
     return get

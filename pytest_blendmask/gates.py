@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol
 from pytest_blendmask.perf.ladder import GatePoints
 from pytest_blendmask.precision.accuracy import AccuracyResult
 from pytest_blendmask.precision.compare import ComparisonResult, LayerComparison, describe
-from pytest_blendmask.precision.match import DetectionMetrics
+from pytest_blendmask.precision.match import DetectionComparison
 from pytest_blendmask.precision.thresholds import FAMILIES, PerfThresholds, TensorThresholds
 from pytest_blendmask.results import OPS, Op, layer_series
 
@@ -285,7 +285,7 @@ OUTPUT_PARITY = _per_layer(
 )
 
 
-# --- Detection level: per-image DetectionMetrics (precision/match.py) -----------------------
+# --- Detection level: a DetectionComparison (precision/match.py) ----------------------------
 
 @dataclass(frozen=True)
 class WorstImage:
@@ -294,17 +294,72 @@ class WorstImage:
     field: str
     op: Op
 
-    def __call__(self, per_image: Sequence[DetectionMetrics], bound: Bound) -> Reading:
-        value = (max if self.op == "<=" else min)(getattr(m, self.field) for m in per_image)
-        counts = ", ".join(f"image {i}: {m.matched}/{m.num_ref} matched ({m.num_dut} on target)" for i, m in enumerate(per_image))
-        return Reading(value, f"{self.field} {value:.4g} vs limit {bound()} ({counts})")
+    def __call__(self, comparison: DetectionComparison, bound: Bound) -> Reading:
+        per_image = comparison.per_image
+        values = [getattr(m, self.field) for m in per_image]
+        worst = (max if self.op == "<=" else min)(range(len(values)), key=values.__getitem__)
+        m = per_image[worst]
+        return Reading(values[worst], f"{self.field} {values[worst]:.4g} vs limit {bound()} at image {worst} of "
+                       f"{len(per_image)} ({m.matched}/{m.num_ref} matched, {m.num_dut} on target)")
+
+
+@dataclass(frozen=True)
+class WorstClass:
+    """The lowest ``ClassCounts.match`` over the classes, pooled over the images: a class that
+    vanishes or appears on the target scores 0."""
+
+    def __call__(self, comparison: DetectionComparison, bound: Bound) -> Reading:
+        per_class = comparison.per_class
+        if not per_class:
+            return Reading(1.0, "neither side detected anything")
+        worst = min(per_class, key=lambda c: per_class[c].match)
+        counts = per_class[worst]
+        listed = ", ".join(f"{c}: {k.matched}/{k.ref} ref, {k.dut} target" for c, k in per_class.items())
+        return Reading(counts.match, f"class {worst}: {counts.matched} matched of {counts.ref} on the reference and "
+                       f"{counts.dut} on the target (by class: {listed})",
+                       extra={"per_class": {str(c): [k.ref, k.dut, k.matched] for c, k in per_class.items()}})
+
+
+def _misassigned(comparison: DetectionComparison, bound: Bound) -> Reading:
+    wrong = [(i, j) for i, j in enumerate(comparison.assignment) if i != j]
+    detail = ", ".join(f"image {i}'s detections match reference image {j}" for i, j in wrong)
+    return Reading(float(len(wrong)), detail or f"each of {len(comparison.assignment)} images matches its own reference",
+                   extra={"assignment": list(comparison.assignment)})
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """A detection measure, then the same measure on the host's decoding of the target's raw
+    tensors, so a failure says where it came from: both failing means the raw tensors differ,
+    only the device pipeline failing means its post-processing does."""
+
+    inner: Measure
+    op: Op
+
+    def __call__(self, comparison: DetectionComparison, bound: Bound) -> Reading:
+        reading = self.inner(comparison, bound)
+        if comparison.host is None:
+            return Reading(reading.value, f"{reading.detail}; decoded on the host", reading.layer, reading.extra)
+        host = self.inner(comparison.host, bound)
+        device_ok, host_ok = (bool(OPS[self.op](r.value, bound())) for r in (reading, host))
+        if device_ok:
+            where = ""
+        elif host_ok:
+            where = "; the device's post-processing made the difference"
+        else:
+            where = "; the raw tensors already differ"
+        return Reading(reading.value, f"{reading.detail}; host decoding of the device's raw tensors: {host.value:.4g} "
+                       f"({'passes' if host_ok else 'fails'}){where}", reading.layer,
+                       {**reading.extra, "host_decoding_value": host.value})
+
+
+def _detection_gate(name: str, op: Op, limit: Key | Fixed, unit: str, defined_by: str, measure: Measure) -> Gate:
+    return Gate(name, "precision", op, limit, unit, defined_by, Attributed(measure, op))
 
 
 def _detection(field_name: str, op: Op, unit: str = "") -> Gate:
-    return Gate(
-        field_name, "precision", op, Key("detection", limit_key(op, field_name)), unit,
-        f"pytest_blendmask.precision.match.DetectionMetrics.{field_name}", WorstImage(field_name, op),
-    )
+    return _detection_gate(field_name, op, Key("detection", limit_key(op, field_name)), unit,
+                           f"pytest_blendmask.precision.match.DetectionMetrics.{field_name}", WorstImage(field_name, op))
 
 
 DETECTION_GATES = (
@@ -314,6 +369,10 @@ DETECTION_GATES = (
     _detection("top5_class_overlap", ">="),
     _detection("mask_iou", ">="),
     _detection("unmatched_fraction", "<="),
+    _detection_gate("class_match", ">=", Key("detection", "min_class_match"), "",
+                    "pytest_blendmask.precision.match.ClassCounts.match", WorstClass()),
+    _detection_gate("misassigned_images", "<=", Fixed(0.0, "image i's detections belong to image i"), "images",
+                    "pytest_blendmask.precision.match.image_assignment", _misassigned),
 )
 
 

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import importlib
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import devices
@@ -15,6 +13,7 @@ from .configs import ModelConfig, get_config
 from .decode import decode
 from .fcos import FCOS
 from .fpn import FPN
+from .layers import pad_batch
 from .postprocess import detector_postprocess
 from .protocol import README_SECTION, ModelProtocolError, as_gated_model
 
@@ -62,14 +61,9 @@ class BlendMask(nn.Module):
         """
         mean = torch.tensor(self.cfg.pixel_mean).view(3, 1, 1)
         std = torch.tensor(self.cfg.pixel_std).view(3, 1, 1)
-        div = self.cfg.size_divisibility
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        hp = math.ceil(max(h for h, _ in sizes) / div) * div
-        wp = math.ceil(max(w for _, w in sizes) / div) * div
-        batch = torch.stack(
-            [F.pad((im.float() - mean.to(im.device)) / std.to(im.device), (0, wp - w, 0, hp - h)) for im, (h, w) in zip(images, sizes)]
-        )
-        return batch, sizes
+        normalised = [(im.float() - mean.to(im.device)) / std.to(im.device) for im in images]
+        return pad_batch(normalised, self.cfg.size_divisibility), sizes
 
     def _head(self, feat: Tensor, level_index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         logits, bbox_reg, ctrness, box_feat = self.proposal_generator.fcos_head(feat, level_index)

@@ -18,15 +18,15 @@ detector without them has none to give.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+from .layers import pad_batch, padded_size
 
 SIZE_DIVISIBILITY = 32
 MASK_THRESHOLD = 0.5  # torchvision's masks are probabilities; the gate compares binary masks
@@ -56,9 +56,8 @@ class TorchvisionDetector(nn.Module):
         mean = torch.tensor(transform.image_mean).view(3, 1, 1)
         std = torch.tensor(transform.image_std).view(3, 1, 1)
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        hp, wp = (math.ceil(max(side) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for side in zip(*sizes))
-        batch = [(im.flip(0).float() / 255 - mean.to(im.device)) / std.to(im.device) for im in images]
-        return torch.stack([F.pad(im, (0, wp - w, 0, hp - h)) for im, (h, w) in zip(batch, sizes)]), sizes
+        normalised = [(im.flip(0).float() / 255 - mean.to(im.device)) / std.to(im.device) for im in images]
+        return pad_batch(normalised, SIZE_DIVISIBILITY), sizes
 
     def forward_raw(self, images: Tensor) -> dict[str, Tensor]:
         features = self.detector.backbone(images)
@@ -79,7 +78,7 @@ class TorchvisionDetector(nn.Module):
         objectness = [raw[f"objectness_{level}"].float() for level in levels]
         deltas = [raw[f"rpn_deltas_{level}"].float() for level in levels]
         first = features[levels[0]]
-        height, width = (math.ceil(max(side) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY for side in zip(*image_sizes))
+        height, width = padded_size(image_sizes, SIZE_DIVISIBILITY)
         # The anchors read only the padded input's shape, which preprocess fixed.
         image_list = ImageList(first.new_zeros(first.shape[0], 3, height, width), list(image_sizes))
         anchors = rpn.anchor_generator(image_list, list(features.values()))

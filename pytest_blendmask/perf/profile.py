@@ -6,6 +6,10 @@ cpu and cuda run ``torch.profiler``; npu runs ``torch_npu.profiler``, which writ
 
 * **top operators**: by self time on the device for accelerators (where the time goes
   on the card), by self host time on the CPU;
+* **post-processing operators**: torchvision's (``nms``, ``roi_align``), those a port must
+  bring to its device, with their times whether or not they reach the top operators; only
+  those the profiler recorded are listed, so an empty list says they never ran (no
+  detection reached the post-processing);
 * **host fallbacks** (accelerator targets only): operators that launched no device work
   of their own (device self time 0) yet spent a real share of the host time, i.e. they
   computed on the host CPU. That is how seed 001's ``torchvision::nms`` / ``roi_align``
@@ -42,6 +46,8 @@ SYNC_OPS = frozenset({"aten::item", "aten::_local_scalar_dense", "aten::is_nonze
 AI_CPU_CORE = "AI_CPU"
 ASCEND_OUTPUT_GLOB = "*_ascend_pt/ASCEND_PROFILER_OUTPUT"
 TRACE_FILE = "trace.json"
+# The namespace of torchvision's custom operators: the post-processing's nms and roi_align.
+POSTPROCESS_NAMESPACE = "torchvision::"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class OpStat:
     calls: int
     host_self_us: float
     device_self_us: float
+
+    def self_us(self, by_device: bool) -> float:
+        """Self time on the device or on the host."""
+        return self.device_self_us if by_device else self.host_self_us
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,26 @@ class ProfileSummary:
     top_by: str  # "device" or "host": which self time ranks the top operators
     top: list[OpStat]
     table: str  # the top operators as Markdown, shares taken over all operators
+    postprocess: list[OpStat]  # the torchvision operators that ran
+    postprocess_table: str  # the same as Markdown
     host_fallbacks: list[OpStat] | None  # None on the CPU, which is the host
     ai_cpu: list[KernelStat] | None
     trace: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def postprocess_ms(self) -> float:
+        """Self time per iteration of the post-processing operators together, on the ranking clock."""
+        return sum(op.self_us(self.top_by == "device") for op in self.postprocess) / self.iterations / 1e3
+
+    def postprocess_text(self) -> str:
+        """The post-processing operators in words, e.g. ``torchvision::roi_align 8.080 ms x1``, per iteration."""
+        by_device = self.top_by == "device"
+        return ", ".join(
+            f"{op.name} {op.self_us(by_device) / self.iterations / 1e3:.3f} ms x{op.calls / self.iterations:g}"
+            for op in self.postprocess
+        ) or "no torchvision operator ran"
 
 
 def is_operator(name: str) -> bool:
@@ -88,10 +112,15 @@ def is_operator(name: str) -> bool:
 
 def top_ops(ops: Iterable[OpStat], *, by_device: bool, k: int = TOP_K) -> list[OpStat]:
     """The ``k`` operators with the most self time, on the device or on the host."""
-    def self_time(op: OpStat) -> float:
-        return op.device_self_us if by_device else op.host_self_us
+    ranked = sorted((op for op in ops if is_operator(op.name) and op.self_us(by_device) > 0),
+                    key=lambda op: op.self_us(by_device), reverse=True)
+    return ranked[:k]
 
-    return sorted((op for op in ops if is_operator(op.name) and self_time(op) > 0), key=self_time, reverse=True)[:k]
+
+def postprocess_ops(ops: Iterable[OpStat], *, by_device: bool) -> list[OpStat]:
+    """The torchvision operators among ``ops`` (nms, roi_align), most self time first."""
+    found = [op for op in ops if op.name.startswith(POSTPROCESS_NAMESPACE)]
+    return sorted(found, key=lambda op: op.self_us(by_device), reverse=True)
 
 
 def host_fallbacks(ops: Sequence[OpStat], *, min_share: float = FALLBACK_MIN_HOST_SHARE) -> list[OpStat]:
@@ -165,20 +194,26 @@ def ops_from_key_averages(events: Iterable[Any]) -> list[OpStat]:
     ]
 
 
-def top_table(ops: Sequence[OpStat], *, by_device: bool, iterations: int) -> str:
-    """The top operators as a Markdown table: self time per iteration and share of the total."""
-    key = "device_self_us" if by_device else "host_self_us"
-    total = sum(getattr(op, key) for op in ops if is_operator(op.name)) or 1.0
+def ops_table(rows: Sequence[OpStat], ops: Sequence[OpStat], *, by_device: bool, iterations: int) -> str:
+    """``rows`` as a Markdown table: rank by self time among all ``ops`` (- with none), calls and
+    self time per iteration, share of the self time of all ``ops``."""
+    total = sum(op.self_us(by_device) for op in ops if is_operator(op.name)) or 1.0
+    ranks = {op.name: rank for rank, op in enumerate(top_ops(ops, by_device=by_device, k=len(ops)), start=1)}
     where = "device" if by_device else "host"
     lines = [
         f"| # | operator | calls/iter | {where} self ms/iter | share |",
         "| ---: | --- | ---: | ---: | ---: |",
     ]
-    for rank, op in enumerate(top_ops(ops, by_device=by_device), start=1):
-        value = getattr(op, key)
+    for op in rows:
+        value = op.self_us(by_device)
         calls, ms = op.calls / iterations, value / iterations / 1e3
-        lines.append(f"| {rank} | `{op.name}` | {calls:g} | {ms:.3f} | {value / total:.1%} |")
+        lines.append(f"| {ranks.get(op.name, '-')} | `{op.name}` | {calls:g} | {ms:.3f} | {value / total:.1%} |")
     return "\n".join(lines)
+
+
+def top_table(ops: Sequence[OpStat], *, by_device: bool, iterations: int) -> str:
+    """The top operators as a Markdown table: self time per iteration and share of the total."""
+    return ops_table(top_ops(ops, by_device=by_device), ops, by_device=by_device, iterations=iterations)
 
 
 def _ascend_output(out_dir: Path) -> Path:
@@ -232,12 +267,15 @@ def profile_callable(fn: Callable[[], Any], device: torch.device, *, iterations:
     else:
         ops, ai_cpu, trace = _profile_torch(run, device, out_dir)
     accelerator = devices.is_accelerator(device)
+    postprocessing = postprocess_ops(ops, by_device=accelerator)
     return ProfileSummary(
         device=str(device),
         iterations=iterations,
         top_by="device" if accelerator else "host",
         top=top_ops(ops, by_device=accelerator),
         table=top_table(ops, by_device=accelerator, iterations=iterations),
+        postprocess=postprocessing,
+        postprocess_table=ops_table(postprocessing, ops, by_device=accelerator, iterations=iterations),
         host_fallbacks=host_fallbacks(ops) if accelerator else None,
         ai_cpu=ai_cpu,
         trace=str(trace),
@@ -245,8 +283,10 @@ def profile_callable(fn: Callable[[], Any], device: torch.device, *, iterations:
 
 
 def write_summary(summary: ProfileSummary, out_dir: Path) -> Path:
-    """``summary.json`` and ``top_ops.md`` in ``out_dir``; returns the JSON path."""
-    (out_dir / "top_ops.md").write_text(summary.table + "\n", encoding="utf-8")
+    """``summary.json`` and ``top_ops.md`` (top operators, then post-processing operators) in ``out_dir``; the JSON path."""
+    postprocess = summary.postprocess_table if summary.postprocess else "none ran"
+    markdown = f"{summary.table}\n\nPost-processing operators (torchvision):\n\n{postprocess}\n"
+    (out_dir / "top_ops.md").write_text(markdown, encoding="utf-8")
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
     return path

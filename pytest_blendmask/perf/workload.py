@@ -1,5 +1,9 @@
-"""What a perf test times: the model-only and the end-to-end call of one configuration.
+"""What a perf test times: a model whose weights detect, and its model-only and end-to-end calls.
 
+* **the model** is the session's, with its weights (the shipped lite weights, or
+  --bm-weights), in the norm layout of the grid point: as trained, or with its norm layers
+  refitted to the trained ones on a few training images (``model.renorm``), so that
+  end-to-end times include NMS, the blender and the paste over real detections;
 * **model-only** is ``forward_raw`` (or ``forward_with_streams``) on a batch already on the
   device, in the configuration's dtype: ais_bench's compute time, which the throughput
   floors are about.
@@ -9,20 +13,66 @@
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pytest_blendmask.data import generate_sample
+from pytest_blendmask.data import TRAIN_SEED, generate_sample
 from pytest_blendmask.data.preprocess import encode_bgr_jpeg, tensor_preprocess
 from pytest_blendmask.dtypes import Dtype, autocast
+from pytest_blendmask.model.renorm import with_norm
 
 # A seed of its own, so that perf images are not the evaluation or training images.
 PERF_IMAGE_SEED = 5
+# Training images a norm refit is fitted on. With 4 the lite weights' all-BN refit kept box AP
+# (49.2 against 49.0 as trained, first 20 evaluation images) and the all-GN one lost 1.2 points.
+CALIBRATION_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class TimedModel:
+    """A model to time, and what its parameters are (for ``extra_info``)."""
+
+    model: Any  # a BlendMask in eval mode
+    weights: str  # the weight file, or the random init
+    norm_layers: str  # as trained, or how they were refitted
+
+    def on(self, device: torch.device) -> TimedModel:
+        """A fresh copy on ``device``, so that its first call is the first anything makes of it (``timing.measure``)."""
+        return dataclasses.replace(self, model=copy.deepcopy(self.model).to(device))
+
+
+def calibration_batch(model: Any, count: int = CALIBRATION_IMAGES) -> Tensor:
+    """``count`` training images at the config's input size, preprocessed by ``model``: what a norm refit fits on."""
+    size = model.cfg.input_size
+    images = [torch.from_numpy(generate_sample(TRAIN_SEED, i, size, size).image).permute(2, 0, 1) for i in range(count)]
+    return model.preprocess(images)[0]
+
+
+def timed_model(model: Any, norm: str, weights: str) -> TimedModel:
+    """``model`` (a BlendMask with its weights, on the CPU) in the ``norm`` layout.
+
+    ``weights`` says what ``model``'s weights are. In the trained layout this is ``model``
+    itself (``TimedModel.on`` copies it); in another, a new model whose norm layers are
+    refitted to the trained ones (``model.renorm.with_norm``).
+    """
+    trained = model.cfg.norm
+    if norm == trained:
+        return TimedModel(model, weights, f"as trained ({trained})")
+    refit = with_norm(model, norm, calibration_batch(model))
+    how = f"refitted to the trained {trained} layers on {CALIBRATION_IMAGES} training images (model/renorm.py)"
+    return TimedModel(refit, weights, how)
+
+
+def detections_per_image(detections: Sequence[dict[str, Tensor]]) -> list[int]:
+    """How many detections each image of an end-to-end call's output has."""
+    return [len(image["scores"]) for image in detections]
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,7 +1,8 @@
 """One-to-one matching of detections from a target under test to the reference's."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -167,6 +168,30 @@ def top_k_class_overlap(ref_scores: Tensor, ref_classes: Tensor, dut_scores: Ten
 
 
 @dataclass(frozen=True)
+class ClassCounts:
+    """One class's detections: the reference's, the target's, and the same-class pairs matched between them."""
+
+    ref: int
+    dut: int
+    matched: int
+
+    @property
+    def match(self) -> float:
+        """matched / max(ref, dut): 0 for a class that vanished or appeared on the target, 1 with neither."""
+        return self.matched / max(self.ref, self.dut) if max(self.ref, self.dut) else 1.0
+
+    def __add__(self, other: ClassCounts) -> ClassCounts:
+        return ClassCounts(self.ref + other.ref, self.dut + other.dut, self.matched + other.matched)
+
+
+def class_counts(ref_classes: Tensor, dut_classes: Tensor, matched_classes: Tensor) -> dict[int, ClassCounts]:
+    """``ClassCounts`` of every class either side detected; ``matched_classes`` is the class of each same-class pair."""
+    present = sorted(set(ref_classes.tolist()) | set(dut_classes.tolist()))
+    return {c: ClassCounts(int((ref_classes == c).sum()), int((dut_classes == c).sum()), int((matched_classes == c).sum()))
+            for c in present}
+
+
+@dataclass(frozen=True)
 class DetectionMetrics:
     """One image's detections of the device under test against the reference's.
 
@@ -195,6 +220,7 @@ class DetectionMetrics:
     mask_iou_min: float
     dice: float  # mean Dice over pairs
     dice_min: float
+    per_class: dict[int, ClassCounts] = field(default_factory=dict)  # by class id
 
 
 def _summary(values: Tensor, empty: float) -> tuple[float, float, float]:
@@ -224,7 +250,8 @@ def detection_metrics(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_thresh
     rel_max, rel_mean, _ = _summary(score_rel, 0.0)
     _, iou_mean, iou_min = _summary(mask_iou_pairs(ref["masks"][r], dut["masks"][d]), agree_if_empty)
     _, dice_mean, dice_min = _summary(mask_dice_pairs(ref["masks"][r], dut["masks"][d]), agree_if_empty)
-    _, agreement, _ = _summary((ref["classes"][r] == dut["classes"][d]).float(), agree_if_empty)
+    same = ref["classes"][r] == dut["classes"][d]
+    _, agreement, _ = _summary(same.float(), agree_if_empty)
     return DetectionMetrics(
         num_ref=matching.num_ref,
         num_dut=matching.num_dut,
@@ -243,5 +270,63 @@ def detection_metrics(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_thresh
         mask_iou_min=iou_min,
         dice=dice_mean,
         dice_min=dice_min,
+        per_class=class_counts(ref["classes"], dut["classes"], ref["classes"][r][same]),
     )
+
+
+def image_overlap(ref: dict[str, Tensor], dut: dict[str, Tensor], iou_threshold: float) -> float:
+    """2 x same-class matched pairs / (ref + dut detections): how much two images' detections agree; 1 when both are empty."""
+    total = len(ref["boxes"]) + len(dut["boxes"])
+    if not total:
+        return 1.0
+    matching = match_boxes(ref["boxes"], dut["boxes"], iou_threshold, ref["classes"], dut["classes"])
+    return 2 * len(matching.ref_index) / total
+
+
+def image_assignment(ref: Sequence[dict[str, Tensor]], dut: Sequence[dict[str, Tensor]], iou_threshold: float,
+                     window: int) -> list[int]:
+    """For each target image, the reference image of its batch (``window`` consecutive images)
+    whose detections its own overlap most (``image_overlap``); its own index on a tie."""
+    assigned = []
+    for i, found in enumerate(dut):
+        first = i - i % window
+        overlaps = {j: image_overlap(ref[j], found, iou_threshold) for j in range(first, min(first + window, len(ref)))}
+        assigned.append(max(overlaps, key=lambda j: (overlaps[j], j == i)))
+    return assigned
+
+
+@dataclass(frozen=True)
+class DetectionComparison:
+    """A target's detections against the reference's over a set of images.
+
+    ``per_image``: image i's ``DetectionMetrics`` against reference image i. ``assignment``:
+    the reference image each target image agrees with most within its batch (``image_assignment``;
+    i for every i unless results were mixed up). ``host``: the same comparison of the host's
+    decoding of the target's raw tensors, for a target that post-processes on its device
+    (None where the two are the same detections), so a gate can say whether the raw
+    tensors or the device's post-processing made a difference.
+    """
+
+    per_image: list[DetectionMetrics]
+    assignment: list[int]
+    host: DetectionComparison | None = None
+
+    @property
+    def per_class(self) -> dict[int, ClassCounts]:
+        """``ClassCounts`` summed over the images."""
+        pooled: dict[int, ClassCounts] = {}
+        for metrics in self.per_image:
+            for c, counts in metrics.per_class.items():
+                pooled[c] = pooled.get(c, ClassCounts(0, 0, 0)) + counts
+        return dict(sorted(pooled.items()))
+
+
+def compare_detections(ref: Sequence[dict[str, Tensor]], dut: Sequence[dict[str, Tensor]], iou_threshold: float,
+                       window: int, host: Sequence[dict[str, Tensor]] | None = None) -> DetectionComparison:
+    """``DetectionComparison`` of ``dut`` (and of ``host``, the host decoding, when it is another list) against ``ref``."""
+    if len(ref) != len(dut):
+        raise ValueError(f"compare_detections: {len(ref)} reference images but {len(dut)} target images")
+    per_image = [detection_metrics(r, d, iou_threshold) for r, d in zip(ref, dut)]
+    host_comparison = None if host is None or host is dut else compare_detections(ref, host, iou_threshold, window)
+    return DetectionComparison(per_image, image_assignment(ref, dut, iou_threshold, window), host_comparison)
 

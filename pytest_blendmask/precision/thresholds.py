@@ -143,6 +143,7 @@ class DetectionThresholds:
     min_top5_class_overlap: float = _number(**FRACTION)
     min_mask_iou: float = _number(**FRACTION)
     max_unmatched_fraction: float = _number(**FRACTION)
+    min_class_match: float = _number(**FRACTION)
 
 
 @dataclass(frozen=True)

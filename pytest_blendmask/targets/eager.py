@@ -21,6 +21,7 @@ from .npu import probe_torch_npu
 if TYPE_CHECKING:
     import torch
 
+    from ..ops.selection import DeformConvChoice
     from ..precision.dump import Dump
 
 _EAGER_RE = re.compile(r"(?P<dev>cpu|(?:cuda|npu):\d+)(?::(?P<dtype>fp16|bf16))?")
@@ -88,6 +89,10 @@ class EagerTarget(Target):
     def timed_device(self) -> str | None:
         return self.device
 
+    @property
+    def postprocessing(self) -> str:
+        return f"device: the device copy's postprocess on {self.device}, under the {self.id} autocast"
+
     def skip_reason(self, need: Need = "run") -> str | None:
         if self.device.startswith("cuda"):
             return _cuda_reason(self.device, self.dtype)
@@ -101,7 +106,12 @@ class EagerTarget(Target):
         return dataclasses.replace(self, device=device)
 
     def load(self, model: torch.nn.Module, context: LoadContext | None = None) -> EagerRunner:
-        return EagerRunner(to_device(model, self), self)
+        """A device copy of ``model``, its deformable layers calling the implementation chosen for this target."""
+        from ..ops.selection import apply_deform_conv
+
+        device_model = to_device(model, self)
+        mode = context.deform_conv if context is not None else "auto"
+        return EagerRunner(device_model, self, apply_deform_conv(device_model, self.device, self.dtype, mode))
 
     def run(self, model: torch.nn.Module, batch: torch.Tensor, image_sizes: list[tuple[int, int]], *,
             runner: EagerRunner | None = None, dump_mode: str = "full") -> TargetRun:
@@ -119,8 +129,16 @@ class EagerTarget(Target):
         raw = to_host(device_raw)
         return TargetRun(
             self, raw, collector.dump, runner.postprocess(device_raw, image_sizes), host_postprocess(model, raw, image_sizes),
-            postprocessing=f"device: the device copy's postprocess on {self.device}, under the {self.id} autocast",
         )
+
+    def detect(self, model: torch.nn.Module, runner: EagerRunner, batch: torch.Tensor,
+               image_sizes: list[tuple[int, int]]) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """The device pipeline's detections and ``model``'s decoding of the raw tensors on the host."""
+        device_raw = runner.forward(batch)
+        detections, decoded = runner.postprocess(device_raw, image_sizes), host_postprocess(model, to_host(device_raw), image_sizes)
+        if detections is None or decoded is None:
+            raise ValueError(f"{type(model).__name__} has no postprocess: there are no detections to run a split for")
+        return detections, decoded
 
     def reference_dump(self, reference: TargetRun) -> Dump:
         return reference.dump  # layer by layer, as this target's own
@@ -131,11 +149,13 @@ class EagerRunner:
 
     ``runner(batch)`` is the ``Runner``: raw tensors on the host in float32. ``forward`` keeps
     them on the device in the dtypes autocast gave them, which is what ``postprocess`` takes.
+    ``deform_conv`` is the deformable convolution its layers call, None for a model without any.
     """
 
-    def __init__(self, model: torch.nn.Module, target: EagerTarget) -> None:
+    def __init__(self, model: torch.nn.Module, target: EagerTarget, deform_conv: DeformConvChoice | None = None) -> None:
         self.model = model
         self.target = target
+        self.deform_conv = deform_conv
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return to_host(self.forward(batch))

@@ -1,8 +1,11 @@
 """The perf grid (batch size x input size x dtype x norm x serial/streams) and the floors checked on it.
 
-One test per grid point times the model alone and end to end (``pytest_blendmask.perf``);
-everything measured lands in ``benchmark.extra_info`` (so in ``--benchmark-json``), in a
-record for the report and in ``perf_points``, which the floors read. The point travels in
+One test per grid point times the session's model and weights (``perf_model``: the trained
+norm layout, or one refitted to it) alone and end to end (``pytest_blendmask.perf``);
+everything measured, with the detections of each timed image and the rounds' coefficient
+of variation, lands in ``benchmark.extra_info`` (so in ``--benchmark-json``), in a record
+for the report and in ``perf_points``, which the floors read. A point whose rounds vary by
+more than ``timing.NOISY_COV`` is flagged noisy in both, not failed. The point travels in
 its record's ``perf_point`` extra (a skipped point under ``PERF_POINT_KEY``), from which the
 report controller writes the ladder JSON at session end. The gate tests come after the grid
 in this module, so pytest runs them once every point has been measured.
@@ -17,21 +20,16 @@ import torch
 
 from pytest_blendmask.fixtures import perf_grid_points
 from pytest_blendmask.gates import PERF_FLOOR_GATES, THROUGHPUT_FLOOR, BestPoints, judge_all
-from pytest_blendmask.model import CONFIG_NAMES, build_model
+from pytest_blendmask.model import CONFIG_NAMES
 from pytest_blendmask.perf.grid import GridPoint, GridSpec, skip_reason
 from pytest_blendmask.perf.ladder import PerfPoint, gate_points
 from pytest_blendmask.perf.timing import host_conditions, measure
-from pytest_blendmask.perf.workload import build_workload, synthetic_jpegs
+from pytest_blendmask.perf.workload import TimedModel, build_workload, detections_per_image, synthetic_jpegs
 from pytest_blendmask.precision.thresholds import Thresholds
 from pytest_blendmask.results import PERF_POINT_KEY
-from pytest_blendmask.settings import SEED, Settings
+from pytest_blendmask.settings import Settings
 
 pytestmark = pytest.mark.perf
-
-WEIGHTS_NOTE = (
-    f"random init (seed {SEED}): speed does not depend on weight values, except that postprocess "
-    "handles however many detections pass the score threshold (few with random weights)"
-)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -47,6 +45,7 @@ def test_grid_point(
     benchmark: Any,
     perf_grid: GridSpec,
     perf_points: list[PerfPoint],
+    perf_model: Callable[[str, str], TimedModel],
     bm_settings: Settings,
     bm_worker_device: str | None,
     bm_record: Callable[..., Any],
@@ -65,22 +64,26 @@ def test_grid_point(
 
     target = grid_point.target.pinned(bm_worker_device)
     device = torch.device(target.device)
-    model = build_model(model_name, norm=grid_point.norm, seed=SEED).to(device).eval()
+    timed = perf_model(grid_point.norm, target.device)
     encoded = synthetic_jpegs(grid_point.batch_size, grid_point.input_size)
-    work = build_workload(model, encoded, grid_point.input_size, device, grid_point.dtype, grid_point.mode == "streams")
+    work = build_workload(
+        timed.model, encoded, grid_point.input_size, device, grid_point.dtype, grid_point.mode == "streams"
+    )
     measured = measure(
         benchmark, work.model_only, work.end_to_end, device, batch_size=grid_point.batch_size,
         warmup_rounds=perf_grid.warmup_rounds, rounds=perf_grid.rounds, e2e_rounds=perf_grid.e2e_rounds,
     )
     if measured is None:
         pytest.skip("pytest-benchmark is disabled (--benchmark-disable, or xdist): nothing was timed")
+    # The images and weights are fixed, so every timed end-to-end round had these (0 with random init).
+    detections = detections_per_image(work.end_to_end())
 
     h, w = grid_point.input_size
     benchmark.group = f"{target.id} {h}x{w} bs{grid_point.batch_size}"
     context = {
         "model": model_name, "target": target.id, "device": target.device, "dtype": grid_point.dtype,
         "norm": grid_point.norm, "mode": grid_point.mode, "input_size": [h, w], "grid": perf_grid.name,
-        "weights": WEIGHTS_NOTE,
+        "weights": timed.weights, "norm_layers": timed.norm_layers, "detections_per_image": detections,
     }
     benchmark.extra_info.update(context, **measured.extra_info(), **host_conditions())
     point = PerfPoint(
@@ -93,9 +96,11 @@ def test_grid_point(
     # configuration, and the ladder's point (perf.ladder.POINT_EXTRA).
     bm_record(
         "perf", target.id, f"latency_p50 {grid_point.norm} {grid_point.mode} {h}x{w}", measured.model.p50_ms, None,
-        "ms", True, batch_size=grid_point.batch_size, throughput_ips=measured.throughput_ips,
+        "ms", True, detail=f"detections per image {detections}; {measured.variation()}",
+        batch_size=grid_point.batch_size, throughput_ips=measured.throughput_ips,
         e2e_throughput_ips=measured.e2e_throughput_ips, first_inference_s=measured.first_inference_s,
-        perf_point=point.as_dict(),
+        detections_per_image=detections, cov_model_only=measured.model.cov, cov_end_to_end=measured.end_to_end.cov,
+        noisy=measured.noisy, perf_point=point.as_dict(),
     )
 
 

@@ -29,4 +29,5 @@ def test_ap_drop(blendmask_model, dut_target, reference_target, coco_accuracy, t
     if reference_ap < MEANINGFUL_AP:
         pytest.skip(f"reference {gate.measure.kind} AP {reference_ap:.1f} < {MEANINGFUL_AP}: the model is not trained (see --bm-weights)")
     pair = APPair(reference, coco_accuracy(dut_target))
-    judge(bm_record, gate, dut_target.id, pair, thresholds.accuracy[dut_target.precision])
+    judge(bm_record, gate, dut_target.id, pair, thresholds.accuracy[dut_target.precision],
+          postprocessing=dut_target.postprocessing)

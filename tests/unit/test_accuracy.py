@@ -148,7 +148,8 @@ class GroundTruthModel:
     """
 
     def __init__(self, model: torch.nn.Module, split: Path) -> None:
-        self.preprocess = model.preprocess
+        # A DetectionModel (model/protocol.py): the evaluation decodes its raw tensors with postprocess.
+        self.preprocess, self.forward_raw, self.class_names = model.preprocess, model.forward_raw, model.class_names
         info = sorted(load_split(split).coco["images"], key=lambda im: im["id"])
         self._samples = iter(
             to_train_sample(generate_sample(im["seed"], im["index"], im["height"], im["width"])) for im in info
@@ -170,11 +171,12 @@ class GroundTruthModel:
 def test_evaluate_scores_ground_truth_detections_100(lite_model, tiny_split):
     batches = []
     result = evaluate(
-        GroundTruthModel(lite_model, tiny_split), "cpu", tiny_split, limit=2, batch_size=1,
+        # A compiled target's stand-in runner (batch -> raw tensors): decoded on the host by the model.
+        GroundTruthModel(lite_model, tiny_split), "ort", tiny_split, limit=2, batch_size=1,
         run_raw=lambda batch: batches.append(batch.shape) or {},
     )
     assert batches == [(1, 3, 128, 128)] * 2
-    assert (result.num_images, result.target) == (2, "cpu")
+    assert (result.num_images, result.target) == (2, "ort")
     assert result.bbox_AP == pytest.approx(100.0)
     assert result.segm_AP == pytest.approx(100.0)
 

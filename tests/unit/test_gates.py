@@ -29,6 +29,7 @@ from pytest_blendmask.gates import (
 )
 from pytest_blendmask.precision.accuracy import AccuracyResult
 from pytest_blendmask.precision.compare import compare_outputs
+from pytest_blendmask.precision.match import ClassCounts, DetectionComparison
 from pytest_blendmask.precision.thresholds import load_thresholds
 from pytest_blendmask.results import record
 
@@ -182,13 +183,47 @@ def test_output_parity_reads_like_the_old_record():
 
 # --- Other levels ----------------------------------------------------------------------------
 
+def _detection_gate(name):
+    [gate] = [gate for gate in DETECTION_GATES if gate.name == name]
+    return gate
+
+
 def test_detection_gate_takes_the_worst_image():
     images = [SimpleNamespace(box_error=0.002, matched=3, num_ref=3, num_dut=3),
               SimpleNamespace(box_error=0.004, matched=2, num_ref=3, num_dut=2)]
-    [box] = [gate for gate in DETECTION_GATES if gate.name == "box_error"]
-    verdict = evaluate(box, images, THRESHOLDS.detection["fp16"])
+    verdict = evaluate(_detection_gate("box_error"), DetectionComparison(images, [0, 1]), THRESHOLDS.detection["fp16"])
     assert (verdict.value, verdict.limit, verdict.passed) == (0.004, 0.01, True)
-    assert verdict.detail == "box_error 0.004 vs limit 0.01 (image 0: 3/3 matched (3 on target), image 1: 2/3 matched (2 on target))"
+    assert verdict.detail == "box_error 0.004 vs limit 0.01 at image 1 of 2 (2/3 matched, 2 on target); decoded on the host"
+
+
+def test_a_detection_gate_says_whether_the_host_decoding_fails_too():
+    def comparison(error):
+        return DetectionComparison([SimpleNamespace(box_error=error, matched=1, num_ref=1, num_dut=1)], [0])
+
+    device_only = DetectionComparison(comparison(0.5).per_image, [0], host=comparison(0.001))
+    verdict = evaluate(_detection_gate("box_error"), device_only, THRESHOLDS.detection["fp16"])
+    assert not verdict.passed and verdict.extra == {"host_decoding_value": 0.001}
+    assert verdict.detail.endswith("host decoding of the device's raw tensors: 0.001 (passes); "
+                                   "the device's post-processing made the difference")
+    both = DetectionComparison(comparison(0.5).per_image, [0], host=comparison(0.4))
+    assert evaluate(_detection_gate("box_error"), both, THRESHOLDS.detection["fp16"]).detail.endswith(
+        "0.4 (fails); the raw tensors already differ")
+
+
+def test_class_match_is_the_worst_class_pooled_over_images():
+    images = [SimpleNamespace(per_class={0: ClassCounts(5, 5, 5), 1: ClassCounts(2, 0, 0)}),
+              SimpleNamespace(per_class={0: ClassCounts(5, 4, 4), 1: ClassCounts(2, 1, 1)})]
+    verdict = evaluate(_detection_gate("class_match"), DetectionComparison(images, [0, 1]), THRESHOLDS.detection["fp16"])
+    assert (verdict.value, verdict.passed) == (0.25, False)
+    assert verdict.detail.startswith("class 1: 1 matched of 4 on the reference and 1 on the target")
+    assert verdict.extra == {"per_class": {"0": [10, 9, 9], "1": [4, 1, 1]}}
+
+
+def test_misassigned_images_names_each_image_matching_another_reference():
+    verdict = evaluate(_detection_gate("misassigned_images"), DetectionComparison([], [1, 0, 2]),
+                       THRESHOLDS.detection["fp16"])
+    assert (verdict.value, verdict.limit, verdict.passed) == (2.0, 0.0, False)
+    assert verdict.detail == "image 0's detections match reference image 1, image 1's detections match reference image 0; decoded on the host"
 
 
 def test_ap_drop_is_reference_minus_target():

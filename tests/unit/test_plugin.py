@@ -13,7 +13,7 @@ FIXTURE_DOCS = {
     "reference_target": "The golden reference target chosen by --bm-reference*",
     "dut_targets": "All targets under test*",
     "dut_target": "One target under test*",
-    "sample_batch": "Deterministic synthetic shape images (BGR) at --bm-input-size*",
+    "sample_batch": "The first two ``generated_images``, preprocessed by the model.",
     "thresholds": "The validated thresholds (--bm-thresholds, else the packaged default).",
     "dump_collector": "Factory ``dump_collector(model*",
     "onnx_model": "The raw network exported to ONNX*",
@@ -22,9 +22,12 @@ FIXTURE_DOCS = {
     "target_run": "``target_run(spec)``*",
     "tensor_comparison": "``tensor_comparison(spec)``*",
     "detection_comparison": "``detection_comparison(spec)``*",
+    "detection_run": "``detection_run(spec)``*",
+    "split_run": "``split_run(spec, limit=50)``*",
     "bm_settings": "The validated --bm-* options of this session.",
     "bm_record": "Record a gate's verdict for the reports; fails the test when the verdict is a failure.",
     "bm_worker_device": "The --bm-devices entry this xdist worker is pinned to*",
+    "perf_model": "``perf_model(norm, device)``*",
 }
 
 

@@ -15,19 +15,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pytest_blendmask.model import build_model, load_weights
 from pytest_blendmask.perf.profile import (
     KernelStat,
     OpStat,
     ai_cpu_kernels,
     host_fallbacks,
     ops_from_key_averages,
+    ops_table,
     parse_kernel_details,
     parse_operator_details,
+    postprocess_ops,
     profile_callable,
     top_ops,
     top_table,
     write_summary,
 )
+from pytest_blendmask.perf.workload import build_workload, detections_per_image, synthetic_jpegs
+from pytest_blendmask.settings import packaged_file
 
 KERNEL_DETAILS = (
     "\ufeffStep Id,Device_id,Name,Type,OP State,Accelerator Core,Start Time(us),Duration(us),Wait Time(us),"
@@ -130,6 +135,19 @@ def test_top_table_reports_per_iteration_times_and_shares() -> None:
     ]
 
 
+def test_postprocess_ops_are_the_torchvision_operators_recorded() -> None:
+    ops = parse_operator_details(OPERATOR_DETAILS)
+    assert [op.name for op in postprocess_ops(ops, by_device=False)] == ["torchvision::nms", "torchvision::roi_align"]
+    assert postprocess_ops([op for op in ops if not op.name.startswith("torchvision::")], by_device=False) == []
+
+
+def test_ops_table_ranks_a_row_among_all_operators() -> None:
+    ops = [OpStat("aten::convolution", 2, 900.0, 0.0), OpStat("aten::add", 2, 80.0, 0.0),
+           OpStat("torchvision::nms", 1, 20.0, 0.0), OpStat("torchvision::roi_align", 1, 0.0, 0.0)]
+    rows = ops_table(postprocess_ops(ops, by_device=False), ops, by_device=False, iterations=1).splitlines()[2:]
+    assert rows == ["| 3 | `torchvision::nms` | 1 | 0.020 | 2.0% |", "| - | `torchvision::roi_align` | 1 | 0.000 | 0.0% |"]
+
+
 def test_ops_from_key_averages_reads_self_times() -> None:
     events = [SimpleNamespace(key="aten::mm", count=3, self_cpu_time_total=12.5, self_device_time_total=40.0)]
     assert ops_from_key_averages(events) == [OpStat("aten::mm", 3, 12.5, 40.0)]
@@ -149,3 +167,22 @@ def test_cpu_profile_writes_trace_table_and_summary(tmp_path: Path) -> None:
     assert summary.table.splitlines()[0] == "| # | operator | calls/iter | host self ms/iter | share |"
     written = json.loads(write_summary(summary, tmp_path).read_text())
     assert written["device"] == "cpu" and (tmp_path / "top_ops.md").read_text().startswith("| # |")
+
+
+def test_a_cpu_profile_of_the_shipped_lite_model_lists_nms_and_roi_align(tmp_path: Path) -> None:
+    model = load_weights(build_model("lite"), packaged_file("weights/lite.safetensors")).eval()
+    size = (256, 256)
+    work = build_workload(model, synthetic_jpegs(1, size), size, torch.device("cpu"), "fp32", streams=False)
+
+    def forward_and_postprocess() -> list[dict[str, torch.Tensor]]:
+        with torch.inference_mode():
+            return model.postprocess(work.model_only(), [size], [size])
+
+    assert detections_per_image(forward_and_postprocess())[0] > 10
+    summary = profile_callable(forward_and_postprocess, torch.device("cpu"), iterations=1, out_dir=tmp_path)
+    names = [op.name for op in summary.postprocess]
+    assert {"torchvision::nms", "torchvision::roi_align"} <= set(names)
+    assert all(f"`{name}`" in summary.postprocess_table for name in names)
+    assert summary.postprocess_ms() > 0 and "torchvision::nms" in summary.postprocess_text()
+    write_summary(summary, tmp_path)
+    assert "Post-processing operators (torchvision):\n\n| # |" in (tmp_path / "top_ops.md").read_text()

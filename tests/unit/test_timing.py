@@ -109,6 +109,48 @@ def test_latency_stats_from_seconds_and_throughput() -> None:
     assert (slow_round.throughput(1), slow_round.median_throughput(1)) == (pytest.approx(10.0), pytest.approx(100.0))
 
 
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([5.0], 0.0),  # one round: no spread measured
+        ([9.0, 11.0], 0.1),  # sigma 1 (population), mean 10
+        ([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0], 0.4),  # the textbook sigma 2, mean 5
+        ([0.0, 0.0], math.inf),
+    ],
+)
+def test_coefficient_of_variation_is_population_sigma_over_mean(samples: list[float], expected: float) -> None:
+    assert timing.coefficient_of_variation(samples) == pytest.approx(expected)
+    if math.isfinite(expected) and len(samples) > 1:
+        assert expected == pytest.approx(np.std(samples) / np.mean(samples))
+
+
+def test_coefficient_of_variation_of_no_samples_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        timing.coefficient_of_variation([])
+
+
+@pytest.mark.parametrize(("spread", "noisy"), [(0.049, False), (0.05, False), (0.051, True)])
+def test_a_loop_is_noisy_only_above_five_percent(spread: float, noisy: bool) -> None:
+    assert timing.NOISY_COV == 0.05
+    stats = LatencyStats.from_seconds([1.0 - spread, 1.0 + spread])  # CoV = spread exactly
+    assert stats.cov == pytest.approx(spread) and stats.noisy is noisy
+
+
+def _measurement(model_s: list[float], e2e_s: list[float]) -> timing.Measurement:
+    return timing.Measurement(1, 0.1, 1, LatencyStats.from_seconds(model_s), LatencyStats.from_seconds(e2e_s),
+                              PeakMemory(0, "none"))
+
+
+def test_a_point_is_noisy_when_either_loop_is_and_says_so() -> None:
+    steady = _measurement([0.010, 0.010], [0.030, 0.030])
+    assert not steady.noisy and steady.variation() == "CoV model-only 0.0 %, end-to-end 0.0 %"
+    assert steady.extra_info()["noisy"] is False
+    shaky_e2e = _measurement([0.010, 0.010], [0.020, 0.030])  # 25 +- 5 ms: CoV 20 %
+    assert shaky_e2e.noisy and shaky_e2e.extra_info()["noisy"] is True
+    assert shaky_e2e.variation() == "CoV model-only 0.0 %, end-to-end 20.0 %: noisy (> 5 %)"
+    assert _measurement([0.009, 0.011], [0.030, 0.030]).noisy  # model-only 10 %
+
+
 def test_cpu_synchronisation_never_reaches_a_device_module(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "get_device_module", lambda kind=None: pytest.fail("the CPU has nothing to synchronise"))
     log: list[str] = []
@@ -208,8 +250,11 @@ def test_measure_orders_first_call_reset_model_rounds_then_end_to_end(events: li
     json.dumps(info)  # builtin types only: pytest-benchmark writes it to its JSON
     assert {"first_inference_s", "model_only", "end_to_end", "throughput_ips", "throughput_p50_ips",
             "e2e_throughput_ips", "peak_memory_bytes", "peak_memory_scope", "warmup_rounds"} <= set(info)
-    assert set(info["model_only"]) == {"rounds", "mean_ms", "min_ms", "max_ms", "p50_ms", "p90_ms", "p99_ms"}
+    assert set(info["model_only"]) == {"rounds", "mean_ms", "min_ms", "max_ms", "p50_ms", "p90_ms", "p99_ms", "cov"}
     assert info["peak_memory_bytes"] == 12345
+    assert info["model_only"]["cov"] == 0.0  # every fake round took 2 ms
+    # The end-to-end loop times the real lambdas (sub-microsecond, jittery): noisy follows either loop.
+    assert info["noisy"] is (measured.end_to_end.cov > timing.NOISY_COV)
 
 
 def test_measure_returns_none_when_benchmarking_is_disabled(events: list[str]) -> None:
@@ -235,8 +280,10 @@ def test_timed(benchmark, monkeypatch):
 
 @pytest.mark.parametrize(("args", "timed"), [((), True), (("--benchmark-disable",), False)])
 def test_benchmark_rounds_syncs_before_and_after_every_pedantic_round(
-    pytester: pytest.Pytester, args: tuple[str, ...], timed: bool
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], timed: bool
 ) -> None:
+    # pytest-benchmark disables itself in an xdist worker, which an in-process run inherits from this one's environment.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(BENCHMARK_TEST.format())
     pytester.runpytest_inprocess("-p", "no:cacheprovider", *args).assert_outcomes(passed=1)
     result = json.loads((pytester.path / "result.json").read_text())
