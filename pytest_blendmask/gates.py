@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol
 from pytest_blendmask.perf.ladder import GatePoints
 from pytest_blendmask.precision.accuracy import AccuracyResult
 from pytest_blendmask.precision.compare import ComparisonResult, LayerComparison, describe
+from pytest_blendmask.precision.local import LocalComparison
 from pytest_blendmask.precision.match import DetectionComparison
 from pytest_blendmask.precision.thresholds import FAMILIES, PerfThresholds, TensorThresholds
 from pytest_blendmask.results import OPS, Op, layer_series
@@ -277,6 +278,67 @@ NONFINITE_MISMATCH = Gate(
     "pytest_blendmask.precision.metrics.TensorMetrics.nonfinite_mismatch", _nonfinite,
 )
 TENSOR_GATES = (MEAN_LAYER_ERROR, WORST_LAYER_ERROR, MIN_LAYER_COSINE, MAX_LAYER_KL, NONFINITE_MISMATCH)
+
+
+# --- Against the noise floor: a LocalComparison (precision/local.py) ------------------------
+
+def _floor_series(comparison: LocalComparison) -> dict[str, Any]:
+    """The per-layer plot: accumulated error, with local error and the floor's on the same chart,
+    the localised module marked."""
+    modules = comparison.modules
+    return layer_series(
+        [m.name for m in modules], [m.accumulated for m in modules], comparison.localisation.entry,
+        lines={
+            "local (replay)": [m.local for m in modules],
+            f"floor, local ({comparison.floor})": [m.floor for m in modules],
+            f"floor, accumulated ({comparison.floor})": [m.accumulated_floor for m in modules],
+        },
+        kind=comparison.localisation.kind,
+    )
+
+
+@dataclass(frozen=True)
+class AgainstFloor:
+    """A ``ModuleError`` field, every gated module against the limit: the first module in execution
+    order that breaks it decides (where the fault entered), else the extreme one. The detail
+    leads with the localisation (LOCAL or ACCUMULATED and the module) whichever gate reads it."""
+
+    field: str
+
+    def __call__(self, comparison: LocalComparison, bound: Bound) -> Reading:
+        held = [m for m in comparison.modules if m.gated]
+        if not held:
+            return Reading(math.nan, "no module output has min_layer_numel elements: none was held to a limit")
+        limit = bound()
+        value_of = lambda m: getattr(m, self.field)  # noqa: E731
+        broken = next((m for m in held if not value_of(m) <= limit), None)
+        decider = broken or max(held, key=lambda m: -math.inf if math.isnan(value_of(m)) else value_of(m))
+        where = "first breaks its limit" if broken is not None else "is highest"
+        localisation = comparison.localisation
+        detail = "\n".join((
+            localisation.detail,
+            f"{self.field} {where} at {decider.name} ({decider.module_type}): {value_of(decider):.4g}; "
+            f"local error {decider.local:.4g} (floor {decider.floor:.4g}), accumulated {decider.accumulated:.4g} "
+            f"(floor {decider.accumulated_floor:.4g}); floor emulation: {comparison.floor}",
+        ))
+        extra = {
+            "localisation": {"kind": localisation.kind, "module": localisation.module, "entry": localisation.entry},
+            "per_layer": _floor_series(comparison),
+        }
+        return Reading(value_of(decider), detail, decider.name, extra)
+
+
+def _against_floor(name: str, field_name: str, key: str) -> Gate:
+    return Gate(name, "precision", "<=", Key("local", key), "",
+                f"pytest_blendmask.precision.local.ModuleError.{field_name}", AgainstFloor(field_name))
+
+
+LOCAL_FLOOR_RATIO = _against_floor("local_error_floor_ratio", "local_ratio", "max_local_floor_ratio")
+LOCAL_ERROR = _against_floor("local_relative_l2_error", "local", "max_local_relative_l2_error")
+ACCUMULATED_FLOOR_RATIO = _against_floor(
+    "accumulated_error_floor_ratio", "accumulated_ratio", "max_accumulated_floor_ratio"
+)
+FLOOR_GATES = (LOCAL_FLOOR_RATIO, LOCAL_ERROR, ACCUMULATED_FLOOR_RATIO)
 
 # ATC parity: an exported or compiled model's graph outputs against PyTorch's, compared by
 # compare() on dump_from_outputs() dumps; judged against the tensor section of its precision.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -152,13 +152,24 @@ def records_in(user_properties: Iterable[tuple[str, object]]) -> list[dict[str, 
     return [value for key, value in user_properties if key == RECORD_KEY and isinstance(value, dict)]
 
 
-def layer_series(layers: Sequence[str], values: Sequence[float], first_divergent: str | None) -> dict[str, Any]:
-    """The ``per_layer`` extra: one value per layer in execution order."""
-    if len(layers) != len(values):
-        raise ValueError(f"layer_series: {len(layers)} layers but {len(values)} values")
+def layer_series(
+    layers: Sequence[str], values: Sequence[float], first_divergent: str | None, *,
+    lines: Mapping[str, Sequence[float]] | None = None, kind: str | None = None,
+) -> dict[str, Any]:
+    """The ``per_layer`` extra: one value per layer in execution order; ``lines``: more series
+    drawn on the same chart (label -> values); ``kind``: LOCAL or ACCUMULATED, how
+    ``first_divergent`` was found, when it came from the noise-floor comparison."""
+    for label, series in {"values": values, **(lines or {})}.items():
+        if len(series) != len(layers):
+            raise ValueError(f"layer_series: {len(layers)} layers but {len(series)} {label}")
     if first_divergent is not None and first_divergent not in layers:
         raise ValueError(f"layer_series: first_divergent {first_divergent!r} is not one of the layers")
-    return {"layers": list(layers), "values": [float(v) for v in values], "first_divergent": first_divergent}
+    series: dict[str, Any] = {"layers": list(layers), "values": [float(v) for v in values], "first_divergent": first_divergent}
+    if lines:
+        series["lines"] = {label: [float(v) for v in values] for label, values in lines.items()}
+    if kind is not None:
+        series["kind"] = kind
+    return series
 
 
 def batch_series(batch_sizes: Sequence[int], latency_ms: Sequence[float]) -> dict[str, Any]:

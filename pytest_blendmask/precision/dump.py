@@ -379,7 +379,7 @@ class DumpCollector:
             self.mode,
             tuple(
                 DumpEntry(
-                    name=_entry_name(r, self._calls[r.module]),
+                    name=entry_name(r.module, r.call, self._calls[r.module], r.output),
                     module=r.module,
                     module_type=r.module_type,
                     call=r.call,
@@ -394,9 +394,11 @@ class DumpCollector:
         )
 
 
-def _entry_name(record: _Record, calls: int) -> str:
-    base = record.module if calls == 1 else f"{record.module}#{record.call}"
-    return f"{base}.{record.output}" if record.output else base
+def entry_name(module: str, call: int, calls: int, output: str) -> str:
+    """An entry's name (module doc): ``module``, ``module#call`` when it was called ``calls`` > 1
+    times, then ``.output`` for an output inside a tuple, list or dict."""
+    base = module if calls == 1 else f"{module}#{call}"
+    return f"{base}.{output}" if output else base
 
 
 def dump_from_outputs(outputs: dict[str, Tensor]) -> Dump:

@@ -3,6 +3,7 @@
 Layout (``thresholds_default.toml`` documents every key: formula, unit, what is averaged)::
 
     [precision.tensor.<precision>]       per-layer tensor limits, + optional .overrides
+    [precision.local.<precision>]        each module's error against the noise floor
     [precision.detection.<precision>]    matched-detection limits
     [precision.accuracy.<precision>]     COCO AP drop limits
     [precision.operator.<fp precision>]  per-dtype operator standards (fp32, fp16, bf16 only:
@@ -133,6 +134,20 @@ class TensorThresholds:
 
 
 @dataclass(frozen=True)
+class LocalThresholds:
+    """Limits on each module's error against the noise floor (``precision/local.py`` defines them).
+
+    ``floor_atol`` is the absolute allowance per element that keeps a zero floor (exact
+    modules, fp32) from making every last-bit difference a failure.
+    """
+
+    max_local_floor_ratio: float = _number(1.0)
+    max_local_relative_l2_error: float = _number(0.0)
+    max_accumulated_floor_ratio: float = _number(1.0)
+    floor_atol: float = _number(0.0, finite="an infinite allowance would pass every module")
+
+
+@dataclass(frozen=True)
 class DetectionThresholds:
     """Limits on matched detections (metrics defined in ``precision/match.py``)."""
 
@@ -190,6 +205,7 @@ class Thresholds:
     perf: dict[str, PerfThresholds]
     perf_by_model: dict[str, dict[str, PerfThresholds]] = field(default_factory=dict)
     operator: dict[str, OperatorThresholds] = field(default_factory=dict)
+    local: dict[str, LocalThresholds] = field(default_factory=dict)
 
     def perf_for(self, target: str, model: str | None = None) -> PerfThresholds:
         """The most specific perf section: ``[perf."<target>".<model>]``, ``[perf."<target>"]``,
@@ -205,6 +221,7 @@ class Thresholds:
 
 FAMILIES: dict[str, type] = {
     "tensor": TensorThresholds,
+    "local": LocalThresholds,
     "detection": DetectionThresholds,
     "accuracy": AccuracyThresholds,
 }
@@ -332,7 +349,8 @@ def parse_thresholds(document: Mapping[str, Any], path: Path) -> Thresholds:
     if PERF_DEFAULT not in perf_sections:
         reader.section(PerfThresholds, {}, f"perf.{PERF_DEFAULT}")  # raises: names the missing keys
     return Thresholds(
-        path, families["tensor"], families["detection"], families["accuracy"], perf_sections, perf_by_model, operator
+        path, families["tensor"], families["detection"], families["accuracy"], perf_sections, perf_by_model, operator,
+        families["local"],
     )
 
 

@@ -97,7 +97,8 @@ def record_extras(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if layers := r["extra"].get("per_layer"):
             png = plots.layer_error_plot(
                 layers["layers"], layers["values"], limit=r["limit"], first_divergent=layers["first_divergent"],
-                title=f"{where}: per layer", ylabel=f"{r['metric']} {r['unit']}".strip(),
+                title=f"{where}: per layer", ylabel=f"{r['metric']} {r['unit']}".strip() if "lines" not in layers
+                else "accumulated relative L2 error", lines=layers.get("lines"), kind=layers.get("kind"),
             )
             found.append(extras.png(_b64(png), name=f"{where} per layer"))
         if sweep := r["extra"].get("per_batch"):

@@ -49,19 +49,31 @@ def layer_error_plot(
     first_divergent: str | None,
     title: str,
     ylabel: str,
+    lines: Mapping[str, Sequence[float | str | None]] | None = None,
+    kind: str | None = None,
 ) -> bytes:
-    """One metric against execution order, the limit as a line, the first divergent layer marked."""
+    """One metric against execution order, the limit as a line, the first divergent layer marked.
+
+    ``lines`` are more series on the same axes (the noise-floor comparison draws accumulated
+    error, local error and the floor's together); ``kind`` (LOCAL, ACCUMULATED) labels the mark.
+    """
     ys = [_as_float(v) for v in values]
     figure = Figure(figsize=SIZE_INCHES)
     axes = figure.add_subplot()
     axes.plot(range(len(ys)), ys, marker=".", linewidth=1, label=ylabel)
-    _log_y_if_wide(axes, ys, 100)  # layer errors span orders of magnitude between stem and head
-    if limit is not None and math.isfinite(limit):
+    every = list(ys)
+    for label, series in (lines or {}).items():
+        line = [_as_float(v) for v in series]
+        axes.plot(range(len(line)), line, linewidth=1, alpha=0.8, label=label)
+        every += line
+    _log_y_if_wide(axes, every, 100)  # layer errors span orders of magnitude between stem and head
+    if limit is not None and math.isfinite(limit) and not lines:  # a ratio's limit is not on the errors' scale
         axes.axhline(limit, color=_LIMIT_COLOUR, linestyle="--", label=f"limit {limit:g}")
     if first_divergent is not None:
         index = list(layers).index(first_divergent)
         axes.axvline(index, color=_DIVERGENT_COLOUR, linestyle=":")
-        axes.plot([index], [ys[index]], "o", color=_DIVERGENT_COLOUR, label=f"first divergent: {first_divergent}")
+        mark = f"{kind} at" if kind else "first divergent:"
+        axes.plot([index], [ys[index]], "o", color=_DIVERGENT_COLOUR, label=f"{mark} {first_divergent}")
     axes.set_xlabel(f"layer in execution order ({len(ys)} layers)")
     axes.set_ylabel(ylabel)
     axes.set_title(title)

@@ -1,6 +1,6 @@
 """Targets: the ways to run the model, one object each (DESIGN.md "Targets").
 
-A spec string (``cpu``, ``cpu:fp16``, ``cuda:N[:fp16|bf16]``, ``npu:N[:fp16|bf16]``,
+A spec string (``cpu``, ``cpu:fp16[:force]``, ``cuda:N[:fp16[:force]|bf16]``, ``npu:N[:fp16[:force]|bf16]``,
 ``ort[:fp16|int8|cann|cuda]``, ``om``) becomes a ``Target`` in ``registry.parse_target``;
 ``base.Target`` is the interface the rest of the package uses, and each kind lives in its
 own module (``eager``, ``ort``, ``om``). Nothing here imports torch, onnxruntime or

@@ -16,7 +16,10 @@ own module (``eager.py``, ``ort.py``, ``om.py``); everything else asks the objec
   compared with. Where a target post-processes is its own business: an eager target runs
   the whole pipeline on its device, a compiled one leaves the decoding to the host;
 - ``timed_device``: the device the eager perf grid times it on, None when it has its
-  own timing loop.
+  own timing loop;
+- ``floor`` and ``replayer(runner)``: the CPU emulation of its precision that measures the
+  noise floor, and what re-runs its modules one by one on the reference's inputs (local
+  error, ``precision/replay.py``); None where it has none.
 
 Nothing here imports torch at module level: the plugin imports the package for ``pytest --help``.
 """
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from ..precision.dump import Dump
+    from ..precision.replay import Replayer
 
 Need = Literal["compile", "run"]
 DEFAULT_SOC_VERSION = "Ascend910B"
@@ -110,6 +114,16 @@ class Target(ABC):
     def postprocessing(self) -> str:
         """Where this target's detections are decoded, for the report."""
         return HOST_POSTPROCESSING
+
+    @property
+    def floor(self) -> str | None:
+        """The emulation its noise floor runs on the CPU (``precision/floor.py``); None where it has none."""
+        return None
+
+    def replayer(self, runner: Runner) -> Replayer | None:
+        """What re-runs one module of the loaded target on given inputs (``precision/replay.py``);
+        None where modules cannot be run one by one (a compiled graph)."""
+        return None
 
     @abstractmethod
     def skip_reason(self, need: Need = "run") -> str | None:

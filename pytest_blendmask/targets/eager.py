@@ -23,8 +23,13 @@ if TYPE_CHECKING:
 
     from ..ops.selection import DeformConvChoice
     from ..precision.dump import Dump
+    from ..precision.replay import Replayer
 
-_EAGER_RE = re.compile(r"(?P<dev>cpu|(?:cuda|npu):\d+)(?::(?P<dtype>fp16|bf16))?")
+_EAGER_RE = re.compile(r"(?P<dev>cpu|(?:cuda|npu):\d+)(?::(?P<dtype>fp16|bf16))?(?P<force>:force)?")
+FORCE = "force"
+# The CPU emulation of each eager precision: the floor (precision/floor.py).
+_FLOORS = {("fp32", False): "fp32", ("fp16", False): "autocast_fp16", ("bf16", False): "autocast_bf16",
+           ("fp16", True): "half"}
 _DEVICE_RE = re.compile(r"cpu|(?:cuda|npu):\d+")
 
 
@@ -71,19 +76,47 @@ def _npu_reason(device: str) -> str | None:
 class EagerTarget(Target):
     """The model itself, copied to ``device`` and run under the target's autocast."""
 
-    FORMS: ClassVar[str] = "cpu[:fp16|bf16], cuda:N[:fp16|bf16], npu:N[:fp16|bf16]"
+    FORMS: ClassVar[str] = "cpu[:fp16[:force]|bf16], cuda:N[:fp16[:force]|bf16], npu:N[:fp16[:force]|bf16]"
 
     device: str
     dtype: Dtype = "fp32"
+    # Every operator in fp16 (the model and its input cast with .half()), as ATC's force_fp16
+    # and most NPU fp16 builds run, instead of autocast's convolutions and matmuls only.
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.force and self.dtype != "fp16":
+            raise ValueError(f"{self.device}:{self.dtype}:{FORCE}: only fp16 can be forced (write {self.device}:fp16:{FORCE})")
 
     @classmethod
     def parse(cls, text: str) -> EagerTarget | None:
         m = _EAGER_RE.fullmatch(text)
-        return cls(m["dev"], m["dtype"] or "fp32") if m else None
+        if m is None or (m["force"] and m["dtype"] != "fp16"):
+            return None
+        return cls(m["dev"], m["dtype"] or "fp32", bool(m["force"]))
 
     @property
     def id(self) -> str:
-        return self.device if self.dtype == "fp32" else f"{self.device}:{self.dtype}"
+        base = self.device if self.dtype == "fp32" else f"{self.device}:{self.dtype}"
+        return f"{base}:{FORCE}" if self.force else base
+
+    @property
+    def autocast_dtype(self) -> Dtype:
+        """The autocast it runs under: none when forced, its inputs and weights are already fp16."""
+        return "fp32" if self.force else self.dtype
+
+    @property
+    def floor(self) -> str:
+        return _FLOORS[(self.dtype, self.force)]
+
+    def replayer(self, runner: EagerRunner) -> Replayer:
+        """Each module of the device copy on the device, in this target's precision."""
+        import torch
+
+        from ..precision.replay import module_replayer
+
+        return module_replayer(runner.model, self.device, lambda: autocast(torch.device(self.device).type, self.autocast_dtype),
+                               torch.float16 if self.force else None)
 
     @property
     def timed_device(self) -> str | None:
@@ -165,8 +198,8 @@ class EagerRunner:
         import torch
 
         device = torch.device(self.target.device)
-        with torch.inference_mode(), autocast(device.type, self.target.dtype):
-            return self.model.forward_raw(batch.to(device))
+        with torch.inference_mode(), autocast(device.type, self.target.autocast_dtype):
+            return self.model.forward_raw(batch.to(device, torch.float16 if self.target.force else batch.dtype))
 
     def postprocess(self, device_raw: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]] | None:
         """The device copy's ``postprocess`` of ``forward``'s tensors, on the device under the
@@ -174,13 +207,13 @@ class EagerRunner:
         import torch
 
         device = torch.device(self.target.device)
-        with autocast(device.type, self.target.dtype):
+        with autocast(device.type, self.target.autocast_dtype):
             detections = host_postprocess(self.model, device_raw, image_sizes)
         return None if detections is None else [to_host(image) for image in detections]
 
 
 def to_device(model: torch.nn.Module, target: Target) -> torch.nn.Module:
-    """A copy of ``model`` on the eager target's device, in eval mode.
+    """A copy of ``model`` on the eager target's device, in eval mode (in fp16 for a forced target).
 
     The model is copied before it is moved, so the session's reference model stays on the
     CPU in float32.
@@ -189,7 +222,8 @@ def to_device(model: torch.nn.Module, target: Target) -> torch.nn.Module:
 
     if not isinstance(target, EagerTarget):
         raise ValueError(f"only eager targets run as a PyTorch model on a device, got {target.id}")
-    return copy.deepcopy(model).to(torch.device(target.device)).eval()
+    device_model = copy.deepcopy(model).to(torch.device(target.device)).eval()
+    return device_model.half() if target.force else device_model
 
 
 def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

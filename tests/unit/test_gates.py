@@ -13,6 +13,7 @@ import torch
 from pytest_blendmask.gates import (
     ACCURACY_GATES,
     DETECTION_GATES,
+    FLOOR_GATES,
     OUTPUT_PARITY,
     PERF_FLOOR_GATES,
     TENSOR_GATES,
@@ -249,7 +250,7 @@ def test_perf_floors_quote_the_configuration_and_the_file():
 
 # --- The tables ------------------------------------------------------------------------------
 
-ALL_GATES = (*TENSOR_GATES, OUTPUT_PARITY, *DETECTION_GATES, *ACCURACY_GATES, *PERF_FLOOR_GATES)
+ALL_GATES = (*TENSOR_GATES, *FLOOR_GATES, OUTPUT_PARITY, *DETECTION_GATES, *ACCURACY_GATES, *PERF_FLOOR_GATES)
 
 
 def resolve(dotted: str) -> None:
@@ -273,11 +274,12 @@ def test_every_gate_links_to_where_its_metric_is_defined(gate):
     resolve(gate.defined_by)
 
 
-def test_every_tensor_detection_accuracy_and_perf_key_is_the_limit_of_a_gate():
+def test_every_tensor_local_detection_accuracy_and_perf_key_is_the_limit_of_a_gate():
     gated = {(g.limit.family, g.limit.key) for g in ALL_GATES if isinstance(g.limit, Key)}
-    settings = {("detection", "match_iou"), ("tensor", "min_layer_numel")}  # how to compare, not a limit
-    sections = {"tensor": INT8, "detection": THRESHOLDS.detection["int8"], "accuracy": THRESHOLDS.accuracy["int8"],
-                "perf": THRESHOLDS.perf["default"]}
+    # how to compare, not a limit
+    settings = {("detection", "match_iou"), ("tensor", "min_layer_numel"), ("local", "floor_atol")}
+    sections = {"tensor": INT8, "local": THRESHOLDS.local["int8"], "detection": THRESHOLDS.detection["int8"],
+                "accuracy": THRESHOLDS.accuracy["int8"], "perf": THRESHOLDS.perf["default"]}
     keys = {(family, f.name) for family, section in sections.items() for f in dataclasses.fields(section)
             if f.name != "overrides"}
     assert keys - settings == gated

@@ -21,6 +21,7 @@ FIXTURE_DOCS = {
     "compiled_target": "``compiled_target(spec)``*",
     "target_run": "``target_run(spec)``*",
     "tensor_comparison": "``tensor_comparison(spec)``*",
+    "floor_comparison": "``floor_comparison(spec)``*",
     "detection_comparison": "``detection_comparison(spec)``*",
     "detection_run": "``detection_run(spec)``*",
     "split_run": "``split_run(spec, limit=50)``*",
@@ -67,8 +68,8 @@ def test_npu_marker_skips_with_probe_reason(pytester: pytest.Pytester) -> None:
     [
         (["--bm-model=R_200"], "--bm-model: expected one of lite, R_50, R_101, R_101_dcni3, 550_R_50_3x, RT_R_50_4x_bn-head_syncbn_shtw or module:factory; got 'R_200'*"),
         (["--bm-weights=missing.safetensors"], "--bm-weights: expected an existing file; got 'missing.safetensors'*"),
-        (["--bm-target=cpu", "--bm-target=tpu"], "--bm-target: expected cpu[[]:fp16|bf16], *; got 'tpu'*"),
-        (["--bm-reference=gpu"], "--bm-reference: expected cpu[[]:fp16|bf16], *; got 'gpu'*"),
+        (["--bm-target=cpu", "--bm-target=tpu"], "--bm-target: expected cpu[[]:fp16[[]:force]|bf16], *; got 'tpu'*"),
+        (["--bm-reference=gpu"], "--bm-reference: expected cpu[[]:fp16[[]:force]|bf16], *; got 'gpu'*"),
         (["--bm-thresholds=nope.toml"], "--bm-thresholds: expected an existing file; got 'nope.toml'*"),
         (["--bm-input-size=500"], "--bm-input-size: expected S or HxW with each side a positive multiple of 32; got '500'*"),
         (["--bm-batch-sizes=1,0"], "--bm-batch-sizes: expected a comma-separated list of distinct positive integers*; got '1,0'*"),

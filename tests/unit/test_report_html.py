@@ -144,3 +144,18 @@ def test_operator_checks_get_a_table_per_target_with_the_deform_conv_choice_as_i
     markdown = final.render_table_md(tables[0])
     assert markdown.startswith(f"## Operators: cpu:fp16\n\n{selection['detail']}\n\n| Operator |")
     assert f"<p>{selection['detail']}</p>" in bm_html.table_html(tables[0])
+
+
+def test_a_floor_record_plots_accumulated_local_and_floor_on_one_chart() -> None:
+    series = layer_series(["stem", "p3"], [0.01, 0.3], "p3", lines={"local (replay)": [0.001, 0.2],
+                                                                     "floor, local (autocast_fp16)": [0.001, 0.002]},
+                          kind="LOCAL")
+    assert series["kind"] == "LOCAL" and list(series["lines"]) == ["local (replay)", "floor, local (autocast_fp16)"]
+    (found,) = bm_html.record_extras([_record(metric="local_error_floor_ratio", extra={"per_layer": series},
+                                              passed=False, value=100.0)])
+    plain = plots.layer_error_plot(series["layers"], series["values"], limit=None, first_divergent="p3", title="t",
+                                   ylabel="accumulated relative L2 error")
+    assert base64.b64decode(found["content"]).startswith(PNG_SIGNATURE)
+    assert base64.b64decode(found["content"]) != plain  # the extra lines are drawn
+    with pytest.raises(ValueError, match="2 layers but 1 local"):
+        layer_series(["stem", "p3"], [0.01, 0.3], None, lines={"local": [0.1]})

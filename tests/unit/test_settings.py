@@ -175,7 +175,7 @@ def test_usage_error_from_ini_names_option_value_and_ini_key(pytester: pytest.Py
     with pytest.raises(pytest.UsageError) as info:
         resolve_settings(pytester.parseconfig())
     assert str(info.value) == (
-        "--bm-target: expected cpu[:fp16|bf16], cuda:N[:fp16|bf16], npu:N[:fp16|bf16], "
+        "--bm-target: expected cpu[:fp16[:force]|bf16], cuda:N[:fp16[:force]|bf16], npu:N[:fp16[:force]|bf16], "
         "ort[:fp16|int8|cann|cuda] or om; got 'tpu' (from ini bm_target)"
     )
 

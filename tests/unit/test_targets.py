@@ -35,6 +35,8 @@ def fresh_npu_probe():
         ("cuda:1:fp16", EagerTarget("cuda:1", "fp16")),
         ("npu:0", EagerTarget("npu:0", "fp32")),
         ("npu:7:bf16", EagerTarget("npu:7", "bf16")),
+        ("cpu:fp16:force", EagerTarget("cpu", "fp16", force=True)),
+        ("npu:0:fp16:force", EagerTarget("npu:0", "fp16", force=True)),
         (" npu:0:fp16 ", EagerTarget("npu:0", "fp16")),
         ("ort", OrtTarget("fp32", "CPUExecutionProvider")),
         ("ort:fp16", OrtTarget("fp16", "CPUExecutionProvider")),
@@ -49,7 +51,7 @@ def test_parse_target_accepts_documented_forms(text: str, expected: targets.Targ
 
 
 @pytest.mark.parametrize(
-    "text", ["cpu", "cpu:fp16", "cpu:bf16", "cuda:0", "cuda:1:fp16", "npu:0:bf16", "ort", "ort:fp16",
+    "text", ["cpu", "cpu:fp16", "cpu:bf16", "cpu:fp16:force", "cuda:0", "cuda:1:fp16", "npu:0:bf16", "ort", "ort:fp16",
              "ort:int8", "ort:cann", "ort:cuda", "om"],
 )
 def test_target_id_round_trips(text: str) -> None:
@@ -58,7 +60,8 @@ def test_target_id_round_trips(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["tpu", "", "cuda", "npu", "cpu:0", "cpu:int8", "cuda:0:int8", "npu:x", "ort:bf16",
+    "text", ["tpu", "", "cuda", "npu", "cpu:0", "cpu:int8", "cuda:0:int8", "npu:x", "ort:bf16", "cpu:bf16:force",
+             "cpu:force", "ort:fp16:force",
              "ort:cann:fp16", "om:fp16", "CPU"],
 )
 def test_parse_target_rejects_with_accepted_forms_and_value(text: str) -> None:
@@ -271,3 +274,29 @@ def test_eager_runner_autocasts_and_returns_float32(
 def test_to_device_refuses_other_kinds() -> None:
     with pytest.raises(ValueError, match="only eager targets run as a PyTorch model on a device, got ort"):
         to_device(_ConvNet(), parse_target("ort"))
+
+
+@pytest.mark.parametrize(("text", "floor", "autocast"), [
+    ("cpu", "fp32", "fp32"), ("cpu:fp16", "autocast_fp16", "fp16"), ("cpu:bf16", "autocast_bf16", "bf16"),
+    ("cpu:fp16:force", "half", "fp32"),
+])
+def test_an_eager_target_names_the_emulation_of_its_floor(text: str, floor: str, autocast: str) -> None:
+    target = parse_target(text)
+    assert (target.floor, target.autocast_dtype, target.precision) == (floor, autocast, target.dtype)
+
+
+def test_a_forced_target_runs_every_operator_of_its_copy_in_fp16_and_leaves_the_model_alone() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.GroupNorm(2, 4)).eval()
+    model.forward_raw = lambda x: {"y": model(x)}
+    target = parse_target("cpu:fp16:force")
+    device_model = to_device(model, target)
+    assert {p.dtype for p in device_model.parameters()} == {torch.float16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    runner = EagerRunner(device_model, target)
+    device_model.forward_raw = lambda x: {"y": device_model(x)}
+    assert runner.forward(torch.randn(1, 3, 4, 4))["y"].dtype == torch.float16  # GroupNorm too, unlike autocast
+
+
+def test_ort_targets_have_no_replay() -> None:
+    ort = parse_target("ort")
+    assert ort.floor is None and ort.replayer(object()) is None

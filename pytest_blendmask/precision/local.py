@@ -1,0 +1,235 @@
+"""Each module's error against the noise floor, and where a fault started: LOCAL or ACCUMULATED.
+
+Per module output (dump entry), four numbers: the device's local error (replay, on the
+reference's inputs), the floor's local error (the same module in the emulated precision),
+and the same pair accumulated (whole forwards, ``compare.py``). With ``n`` elements, the
+reference output ``r`` and ``atol`` = ``floor_atol`` of ``[precision.local.<precision>]``:
+
+    local floor ratio        ||d_local - r|| / (||f_local - r|| + atol * sqrt(n))
+    accumulated floor ratio  ||d - r|| / (||f - r|| + atol * sqrt(n))
+
+A module fails when its local floor ratio exceeds ``max_local_floor_ratio`` or its local
+relative L2 error exceeds ``max_local_relative_l2_error`` (the absolute standard: where the
+device is itself the CPU emulation, device and floor share their arithmetic and only the
+standard can see a precision too coarse for the model). Outputs smaller than the tensor
+section's ``min_layer_numel`` are reported, not gated (a few values near zero are all
+rounding), unless NaN/Inf or the shape differ.
+
+Localisation. **LOCAL**: the first module, in execution order, whose local error fails:
+it adds the error by itself, on exact inputs. **ACCUMULATED**: no local error fails but an
+accumulated floor ratio exceeds ``max_accumulated_floor_ratio``: each module is within its
+floor, yet the drift is beyond rounding; named is the module, among the first failing
+output and what it was computed from, where the accumulated error grows the most over its
+inputs' (a leaf module where there is one, a container's children included: a container's
+growth includes its children's).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from torch import Tensor, nn
+
+from .compare import ComparisonResult
+from .floor import Floor, Forward
+from .replay import LocalError, Replayer, replay
+from .thresholds import LocalThresholds
+
+Kind = Literal["LOCAL", "ACCUMULATED"]
+
+
+@dataclass(frozen=True)
+class ModuleError:
+    """One module output's errors (module doc); NaN where a run has no such output."""
+
+    name: str  # the dump entry: module, call and output
+    module: str  # the module's qualified name
+    module_type: str
+    numel: int
+    local: float
+    floor: float
+    local_ratio: float
+    accumulated: float
+    accumulated_floor: float
+    accumulated_ratio: float
+    growth: float  # accumulated relative error minus the largest of its inputs'
+    inputs: tuple[str, ...]
+    gated: bool
+    local_failures: tuple[str, ...]
+    accumulated_failures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """Where a failure started (module doc): the ``module`` and its output ``entry`` (a dump name);
+    ``kind`` None when every module is within its floor."""
+
+    kind: Kind | None
+    module: str | None
+    entry: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class LocalComparison:
+    """Every module output in execution order, and the localisation over them."""
+
+    modules: tuple[ModuleError, ...]
+    localisation: Localisation
+    floor: str  # the emulation the floor ran (precision/floor.py)
+
+    @property
+    def passed(self) -> bool:
+        return self.localisation.kind is None
+
+    def by_name(self) -> dict[str, ModuleError]:
+        return {module.name: module for module in self.modules}
+
+
+def _ratio(error_norm: float, floor_norm: float, atol: float, numel: int) -> float:
+    allowance = floor_norm + atol * math.sqrt(numel)
+    if math.isnan(error_norm) or math.isnan(floor_norm):
+        return math.nan
+    if error_norm == 0.0:
+        return 0.0
+    return error_norm / allowance if allowance > 0 else math.inf
+
+
+def _fails(ratio: float, limit: float) -> bool:
+    return not ratio <= limit  # NaN fails
+
+
+def _accumulated(result: ComparisonResult | None) -> dict[str, tuple[float, float]]:
+    """name -> (relative L2 error, ||d - r||) of each compared layer."""
+    if result is None:
+        return {}
+    return {
+        layer.name: (m.relative_l2_error, math.nan if m.nonfinite_mismatch else m.rmse * math.sqrt(m.numel))
+        for layer in result.layers
+        if (m := layer.metrics) is not None
+    }
+
+
+def _module(
+    device: LocalError, floor: LocalError, accumulated: tuple[float, float], accumulated_floor: tuple[float, float],
+    limits: LocalThresholds, min_layer_numel: float,
+) -> ModuleError:
+    local_ratio = _ratio(device.error_norm, floor.error_norm, limits.floor_atol, device.numel)
+    accumulated_ratio = _ratio(accumulated[1], accumulated_floor[1], limits.floor_atol, device.numel)
+    nonfinite = math.isnan(device.error_norm) or math.isnan(accumulated[1])
+    gated = device.numel >= min_layer_numel or nonfinite
+    local_failures: list[str] = []
+    accumulated_failures: list[str] = []
+    if gated:
+        if _fails(local_ratio, limits.max_local_floor_ratio):
+            local_failures.append(f"local floor ratio {local_ratio:.4g} > {limits.max_local_floor_ratio:g}")
+        if _fails(device.relative_error, limits.max_local_relative_l2_error):
+            local_failures.append(
+                f"local relative_l2_error {device.relative_error:.4g} > {limits.max_local_relative_l2_error:g}"
+            )
+        if _fails(accumulated_ratio, limits.max_accumulated_floor_ratio):
+            accumulated_failures.append(
+                f"accumulated floor ratio {accumulated_ratio:.4g} > {limits.max_accumulated_floor_ratio:g}"
+            )
+    return ModuleError(
+        device.name, device.module, device.module_type, device.numel, device.relative_error, floor.relative_error, local_ratio,
+        accumulated[0], accumulated_floor[0], accumulated_ratio, math.nan, device.inputs, gated,
+        tuple(local_failures), tuple(accumulated_failures),
+    )
+
+
+def _with_growth(modules: list[ModuleError]) -> list[ModuleError]:
+    by_name = {module.name: module for module in modules}
+    grown = []
+    for module in modules:
+        before = [by_name[name].accumulated for name in module.inputs if name in by_name]
+        base = max(before, default=0.0)
+        grown.append(replace(module, growth=module.accumulated - base))
+    return grown
+
+
+def _ancestors(start: ModuleError, by_name: dict[str, ModuleError]) -> list[ModuleError]:
+    seen, stack, found = {start.name}, [start], [start]
+    while stack:
+        for name in stack.pop().inputs:
+            if name in by_name and name not in seen:
+                seen.add(name)
+                stack.append(by_name[name])
+                found.append(by_name[name])
+    return found
+
+
+def _is_container(module: ModuleError, modules: Sequence[str]) -> bool:
+    return any(other.startswith(module.module + ".") for other in modules)
+
+
+def _localise(modules: list[ModuleError]) -> Localisation:
+    local = next((m for m in modules if m.local_failures), None)
+    if local is not None:
+        return Localisation(
+            "LOCAL", local.module, local.name,
+            f"LOCAL at {local.name} ({local.module_type}): {'; '.join(local.local_failures)} "
+            f"(local error {local.local:.4g}, floor {local.floor:.4g}, on the reference's own inputs)",
+        )
+    drifting = next((m for m in modules if m.accumulated_failures), None)
+    if drifting is None:
+        worst = max(modules, key=lambda m: -1.0 if math.isnan(m.local_ratio) else m.local_ratio, default=None)
+        where = f"; highest local floor ratio {worst.local_ratio:.3g} at {worst.name}" if worst is not None else ""
+        return Localisation(None, None, None, f"every module within its floor{where}")
+    by_name = {m.name: m for m in modules}
+    names = sorted({m.module for m in modules})
+    candidates = _ancestors(drifting, by_name)
+    # A container's children are not its inputs, but what it computes: they are candidates too.
+    candidates += [m for m in modules if m not in candidates and any(m.module.startswith(c.module + ".") for c in candidates)]
+    leaves = [m for m in candidates if not _is_container(m, names)] or candidates
+    fastest = max(leaves, key=lambda m: -math.inf if math.isnan(m.growth) else m.growth)
+    return Localisation(
+        "ACCUMULATED", fastest.module, fastest.name,
+        f"ACCUMULATED at {fastest.name} ({fastest.module_type}): no module's local error fails, but "
+        f"{drifting.name} has {'; '.join(drifting.accumulated_failures)}; the drift grows fastest at "
+        f"{fastest.name} (accumulated error {fastest.accumulated:.4g}, +{fastest.growth:.4g} over its inputs)",
+    )
+
+
+def compare_local(
+    device: Sequence[LocalError],
+    floor: Sequence[LocalError],
+    accumulated: ComparisonResult,
+    accumulated_floor: ComparisonResult,
+    limits: LocalThresholds,
+    min_layer_numel: float,
+    floor_name: str,
+) -> LocalComparison:
+    """Hold each module's local and accumulated error to its floor (module doc).
+
+    Args:
+        device: the device replay's local errors; ``floor``: the floor replay's, same order.
+        accumulated: the device's whole-forward comparison; ``accumulated_floor``: the floor's.
+        limits: ``[precision.local.<precision>]``; ``min_layer_numel``: the tensor section's.
+        floor_name: the emulation the floor ran, for the report.
+
+    Raises:
+        ValueError: the two replays do not name the same module outputs in the same order.
+    """
+    if [e.name for e in device] != [e.name for e in floor]:
+        raise ValueError("the device and floor replays recorded different module outputs: they took different code paths")
+    acc, acc_floor = _accumulated(accumulated), _accumulated(accumulated_floor)
+    missing = (math.nan, math.nan)
+    modules = [
+        _module(d, f, acc.get(d.name, missing), acc_floor.get(d.name, missing), limits, min_layer_numel)
+        for d, f in zip(device, floor)
+    ]
+    modules = _with_growth(modules)
+    return LocalComparison(tuple(modules), _localise(modules), floor_name)
+
+
+def against_floor(
+    reference: nn.Module, replayer: Replayer, forward: Forward, batch: Tensor, floor: Floor,
+    accumulated: ComparisonResult, limits: LocalThresholds, min_layer_numel: float,
+) -> LocalComparison:
+    """Replay every module of ``reference``'s forward on the device (``replayer``) and hold it,
+    with the device's ``accumulated`` comparison, to ``floor`` (``compare_local``)."""
+    device = replay(reference, lambda m: forward(m, batch), {"device": replayer})["device"]
+    return compare_local(device, floor.local, accumulated, floor.accumulated, limits, min_layer_numel, floor.emulation.name)

@@ -1,0 +1,142 @@
+"""Proof that the floor gates see a port bug under any eager precision, and name where it started.
+
+Each fault goes into the device's copy of the model only, through the eager target's seam
+(``EagerRunner.model``, the copy its forward, post-processing and replay run): the reference
+and the floor never see it. A module's output scaled by 1.05 (and by 1.02 under fp16) must
+fail the floor gates and be named LOCAL at that module; a functional change inside a
+container (the FPN's top-down resize) at the container; and clean targets raise no alarm.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from pytest_blendmask.data import EVAL_SEED, generate_sample
+from pytest_blendmask.gates import FLOOR_GATES, evaluate
+from pytest_blendmask.model import build_model
+from pytest_blendmask.model.layers import resize_to
+from pytest_blendmask.precision.compare import compare
+from pytest_blendmask.precision.floor import measure_floor
+from pytest_blendmask.precision.local import against_floor
+from pytest_blendmask.precision.thresholds import load_thresholds
+from pytest_blendmask.targets import parse_target
+
+SIZE = 128  # P6/P7 fall under min_layer_numel here and are not gated; every other module is
+THRESHOLDS = load_thresholds()
+CPU = parse_target("cpu")
+FORWARD = lambda model, batch: model.forward_raw(batch)  # noqa: E731
+EAGER = ("cpu:fp16", "cpu:bf16", "cpu:fp16:force")
+
+# Spread over the backbone, the FPN, the head towers (one conv followed by GroupNorm, which
+# hides a scale from every accumulated comparison), the basis module and the top layer.
+FAULTY_MODULES = (
+    "backbone.bottom_up.stem.conv1",
+    "backbone.bottom_up.res2.0.conv1",
+    "backbone.bottom_up.res3.0.conv2",
+    "backbone.bottom_up.res4.1.conv3",
+    "backbone.bottom_up.res5.0.shortcut",
+    "backbone.fpn_lateral4",
+    "backbone.fpn_output3",
+    "backbone.top_block.p6",
+    "proposal_generator.fcos_head.cls_tower.3",
+    "proposal_generator.fcos_head.bbox_tower.0",
+    "proposal_generator.fcos_head.ctrness",
+    "basis_module.refine.1.0",
+    "basis_module.tower.3.0",
+    "basis_module.tower.4",
+    "top_layer",
+)
+CASES = [(spec, module, 1.05) for spec in EAGER for module in FAULTY_MODULES] + [
+    (spec, module, 1.02) for spec in ("cpu:fp16", "cpu:fp16:force") for module in FAULTY_MODULES
+]
+
+
+def batch_of(model, seeds):
+    images = [torch.from_numpy(generate_sample(EVAL_SEED, s, SIZE, SIZE).image).permute(2, 0, 1).contiguous() for s in seeds]
+    return model.preprocess(images)
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return build_model("lite")
+
+
+@pytest.fixture(scope="module")
+def setup(lite):
+    """Per target: the reference run, and the floor, measured once."""
+    batch, sizes = batch_of(lite, [0])
+    reference = CPU.run(lite, batch, sizes)
+    floors = {}
+
+    def get(spec):
+        target = parse_target(spec)
+        if spec not in floors:
+            floors[spec] = measure_floor(lite, target.floor, FORWARD, batch, reference.dump,
+                                         THRESHOLDS.tensor[target.precision])
+        return target, batch, sizes, reference, floors[spec]
+
+    return get
+
+
+def floor_comparison(lite, setup, spec, inject=None):
+    target, batch, sizes, reference, floor = setup(spec)
+    runner = target.load(lite)
+    if inject is not None:
+        inject(runner.model)  # the seam: the device's copy only
+    accumulated = compare(reference.dump, target.run(lite, batch, sizes, runner=runner).dump,
+                          THRESHOLDS.tensor[target.precision])
+    return against_floor(lite, target.replayer(runner), FORWARD, batch, floor, accumulated,
+                         THRESHOLDS.local[target.precision], THRESHOLDS.tensor[target.precision].min_layer_numel), target
+
+
+def scaled(name, factor):
+    def inject(device_model):
+        device_model.get_submodule(name).register_forward_hook(lambda module, args, output: output * factor)
+
+    return inject
+
+
+@pytest.mark.parametrize("spec, module, factor", CASES, ids=[f"{s}-{m}-x{f}" for s, m, f in CASES])
+def test_a_scaled_module_fails_the_floor_gates_and_is_named_local(lite, setup, spec, module, factor):
+    comparison, target = floor_comparison(lite, setup, spec, scaled(module, factor))
+    assert (comparison.localisation.kind, comparison.localisation.module) == ("LOCAL", module), comparison.localisation.detail
+    failed = [v for v in (evaluate(g, comparison, THRESHOLDS.local[target.precision]) for g in FLOOR_GATES) if not v.passed]
+    assert failed and failed[0].detail.startswith(f"LOCAL at {module}")
+
+
+def _bilinear_top_down(fpn):
+    """The FPN's forward with its top-down resize made bilinear instead of nearest."""
+    def forward(self, x):
+        feats = self.bottom_up(x)
+        outs, top_down = [], None
+        for level in (5, 4, 3):
+            lateral = getattr(self, f"fpn_lateral{level}")(feats[f"res{level}"])
+            top_down = lateral if top_down is None else lateral + resize_to(top_down, lateral.shape[-2:], "bilinear")
+            outs.insert(0, getattr(self, f"fpn_output{level}")(top_down))
+        return outs + self.top_block(outs[-1])
+
+    fpn.forward = types.MethodType(forward, fpn)
+
+
+@pytest.mark.parametrize("spec", EAGER)
+def test_a_changed_resize_between_modules_is_named_at_the_module_that_contains_it(lite, setup, spec):
+    comparison, _ = floor_comparison(lite, setup, spec, lambda model: _bilinear_top_down(model.backbone))
+    assert (comparison.localisation.kind, comparison.localisation.module) == ("LOCAL", "backbone")
+
+
+@pytest.mark.parametrize("spec", EAGER)
+def test_a_clean_target_is_within_its_floor_on_ten_images(lite, spec):
+    target = parse_target(spec)
+    runner = target.load(lite)
+    local, tensor = THRESHOLDS.local[target.precision], THRESHOLDS.tensor[target.precision]
+    for seeds in ([0, 1], [2, 3], [4, 5], [6, 7], [8, 9]):
+        batch, sizes = batch_of(lite, seeds)
+        reference = CPU.run(lite, batch, sizes)
+        floor = measure_floor(lite, target.floor, FORWARD, batch, reference.dump, tensor)
+        accumulated = compare(reference.dump, target.run(lite, batch, sizes, runner=runner).dump, tensor)
+        comparison = against_floor(lite, target.replayer(runner), FORWARD, batch, floor, accumulated, local,
+                                   tensor.min_layer_numel)
+        assert comparison.passed, f"images {seeds}: {comparison.localisation.detail}"
+        assert all(evaluate(g, comparison, local).passed for g in FLOOR_GATES)
