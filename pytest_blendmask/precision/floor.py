@@ -16,7 +16,7 @@ Emulations, and the targets they stand for:
                   float32, as ATC's ``allow_fp32_to_fp16`` and ``*:fp16`` targets do.
 ``autocast_bf16`` the same in bfloat16 (``*:bf16`` targets).
 ``half``          every operator in fp16 (``model.half()``, inputs cast): ATC's ``force_fp16``,
-                  most NPU fp16 builds, ``*:fp16:force`` and ``ort:fp16`` targets.
+                  most NPU fp16 builds, ``*:fp16:force`` targets.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor, nn
@@ -113,9 +113,12 @@ def _accumulated(result: ComparisonResult | None) -> dict[str, tuple[float, floa
 
 
 def _module(
-    device: LocalError, floor: LocalError, accumulated: tuple[float, float], accumulated_floor: tuple[float, float],
+    device: LocalError, floor: LocalError, acc: dict[str, tuple[float, float]], acc_floor: dict[str, tuple[float, float]],
     limits: LocalThresholds, min_layer_numel: float,
 ) -> ModuleError:
+    missing = (math.nan, math.nan)
+    accumulated, accumulated_floor = acc.get(device.name, missing), acc_floor.get(device.name, missing)
+    growth = accumulated[0] - max((acc[name][0] for name in device.inputs if name in acc), default=0.0)
     local_ratio = _ratio(device.error_norm, floor.error_norm, limits.floor_atol, device.numel)
     accumulated_ratio = _ratio(accumulated[1], accumulated_floor[1], limits.floor_atol, device.numel)
     nonfinite = math.isnan(device.error_norm) or math.isnan(accumulated[1])
@@ -135,19 +138,9 @@ def _module(
             )
     return ModuleError(
         device.name, device.module, device.module_type, device.numel, device.relative_error, floor.relative_error, local_ratio,
-        accumulated[0], accumulated_floor[0], accumulated_ratio, math.nan, device.inputs, gated,
+        accumulated[0], accumulated_floor[0], accumulated_ratio, growth, device.inputs, gated,
         tuple(local_failures), tuple(accumulated_failures),
     )
-
-
-def _with_growth(modules: list[ModuleError]) -> list[ModuleError]:
-    by_name = {module.name: module for module in modules}
-    grown = []
-    for module in modules:
-        before = [by_name[name].accumulated for name in module.inputs if name in by_name]
-        base = max(before, default=0.0)
-        grown.append(replace(module, growth=module.accumulated - base))
-    return grown
 
 
 def _ancestors(start: ModuleError, by_name: dict[str, ModuleError]) -> list[ModuleError]:
@@ -216,12 +209,7 @@ def compare_local(
     if [e.name for e in device] != [e.name for e in floor]:
         raise ValueError("the device and floor replays recorded different module outputs: they took different code paths")
     acc, acc_floor = _accumulated(accumulated), _accumulated(accumulated_floor)
-    missing = (math.nan, math.nan)
-    modules = [
-        _module(d, f, acc.get(d.name, missing), acc_floor.get(d.name, missing), limits, min_layer_numel)
-        for d, f in zip(device, floor)
-    ]
-    modules = _with_growth(modules)
+    modules = [_module(d, f, acc, acc_floor, limits, min_layer_numel) for d, f in zip(device, floor)]
     return LocalComparison(tuple(modules), _localise(modules), floor_name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from pytest_blendmask.gates import ACCUMULATED_FLOOR_RATIO, LOCAL_ERROR, LOCAL_FLOOR_RATIO, evaluate
 from pytest_blendmask.precision.compare import compare
@@ -11,8 +12,6 @@ from pytest_blendmask.precision.dump import dump_from_outputs
 from pytest_blendmask.precision.local import compare_local
 from pytest_blendmask.precision.replay import LocalError
 from pytest_blendmask.precision.thresholds import LocalThresholds, load_thresholds
-
-import torch
 
 LIMITS = LocalThresholds(max_local_floor_ratio=3.0, max_local_relative_l2_error=0.05,
                          max_accumulated_floor_ratio=3.0, floor_atol=1e-5)
