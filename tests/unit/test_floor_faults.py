@@ -104,6 +104,10 @@ def test_a_scaled_module_fails_the_floor_gates_and_is_named_local(lite, setup, s
     assert (comparison.localisation.kind, comparison.localisation.module) == ("LOCAL", module), comparison.localisation.detail
     failed = [v for v in (evaluate(g, comparison, THRESHOLDS.local[target.precision]) for g in FLOOR_GATES) if not v.passed]
     assert failed and failed[0].detail.startswith(f"LOCAL at {module}")
+    # Each floor gate sees it (the standard too: 0.02 > 0.01 under fp16, 0.05 > 0.04 under bf16),
+    # each at an output of the faulty module.
+    assert [v.gate for v in failed] == list(FLOOR_GATES)
+    assert all(comparison.by_name()[v.layer].module == module for v in failed)
 
 
 def _bilinear_top_down(fpn):
