@@ -333,31 +333,26 @@ def floor_comparison(
     target_run: Callable[[Target], Any], reference_target: Target, tensor_comparison: Callable[[Target], Any],
     thresholds: Thresholds,
 ) -> Callable[[Target], Any]:
-    """``floor_comparison(spec)``: the target's ``LocalComparison`` (each module's local error by replay and its
+    """``floor_comparison(spec)``: the target's ``LocalComparison`` (each module's local error and its
     accumulated error, against the noise floor of its precision), computed once per target, the floor once per
-    emulation; None for a target whose modules cannot be replayed."""
-    from pytest_blendmask.precision.floor import measure_floor
-    from pytest_blendmask.precision.local import against_floor
+    emulation; None for a target whose modules cannot be run one by one."""
+    from pytest_blendmask.noise_floor import against_its_floor, target_floor
 
-    forward = lambda model, batch: model.forward_raw(batch)  # noqa: E731
     floors: dict[tuple[str, str], Any] = {}
     cache: dict[str, Any] = {}
 
     def get(spec: Target) -> Any:
         if spec.id not in cache:
-            replayer = spec.replayer(compiled_target(spec))
-            if replayer is None or spec.floor is None:
-                cache[spec.id] = None
-                return None
-            tensor_limits = thresholds.tensor[spec.precision]
-            key = (spec.floor, spec.precision)
-            if key not in floors:
-                floors[key] = measure_floor(blendmask_model, spec.floor, forward, sample_batch.tensor,
-                                            target_run(reference_target).dump, tensor_limits)
-            cache[spec.id] = against_floor(
-                blendmask_model, replayer, forward, sample_batch.tensor, floors[key], tensor_comparison(spec),
-                thresholds.local[spec.precision], tensor_limits.min_layer_numel,
-            )
+            reference = target_run(reference_target)
+
+            def floor() -> Any:
+                key = (spec.floor, spec.precision)
+                if key not in floors:
+                    floors[key] = target_floor(spec, blendmask_model, sample_batch.tensor, reference, thresholds)
+                return floors[key]
+
+            cache[spec.id] = against_its_floor(spec, compiled_target(spec), blendmask_model, sample_batch.tensor, reference,
+                                               floor, thresholds, lambda: tensor_comparison(spec))
         return cache[spec.id]
 
     return get

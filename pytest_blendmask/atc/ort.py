@@ -29,7 +29,9 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
 
 from ..data import TRAIN_SEED, generate_sample
+from ..precision.dump import Dump
 from .export import INPUT_NAME, ExportedModel, load_checked, run_in_batches
+from .layers import LayerMap, exposed, layer_tensors
 from .providers import ORT_PROVIDER_PACKAGES, ORT_PROVIDERS
 
 CPU_PROVIDER = ORT_PROVIDERS["cpu"]
@@ -227,6 +229,8 @@ class OrtRunner:
     """A compiled ONNX model as a target: ``runner(batch)`` -> raw tensors named like ``forward_raw``.
 
     ``fallback`` is None, or the message that the requested provider silently fell back to the CPU.
+    ``source_path`` is the fp32 export ``model_path`` was derived from (itself for fp32): its
+    scope names pair the graph's tensors with the model's modules (``atc/layers.py``).
     """
 
     session: ort.InferenceSession
@@ -234,12 +238,34 @@ class OrtRunner:
     precision: str
     model_path: Path
     batch_limit: int | None
+    source_path: Path | None = None
     output_names: tuple[str, ...] = field(init=False)
     fallback: str | None = field(init=False)
+    _layers: tuple[int, onnx.ModelProto, LayerMap] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self.fallback = cpu_fallback(self.session, self.provider)
+
+    def edited(self, edit: Callable[[onnx.ModelProto], None], path: Path) -> OrtRunner:
+        """A runner over a copy of this graph, saved at ``path`` after ``edit`` changed it in place.
+
+        The seam through which a test puts a fault into the device's graph only: the fp32 export
+        its layers are named from, the reference and the floor are not touched.
+        """
+        graph = onnx.load(str(self.model_path))
+        edit(graph)
+        onnx.save(graph, str(path))
+        return OrtRunner(create_session(path, self.provider), self.provider, self.precision, path, self.batch_limit,
+                         self.source_path or self.model_path)
+
+    def layers(self, reference: Dump) -> tuple[onnx.ModelProto, LayerMap]:
+        """This graph and its tensors paired with ``reference``'s entries (``atc/layers.py``), made once per reference dump."""
+        if self._layers is None or self._layers[0] != id(reference):
+            graph = onnx.load(str(self.model_path))
+            source = graph if self.source_path in (None, self.model_path) else onnx.load(str(self.source_path))
+            self._layers = (id(reference), graph, exposed(layer_tensors(source, reference), source, graph))
+        return self._layers[1], self._layers[2]
 
     def _run(self, batch: Tensor) -> dict[str, Tensor]:
         feed = {INPUT_NAME: np.ascontiguousarray(batch.detach().cpu().float().numpy())}
@@ -294,4 +320,5 @@ def build_ort_runner(
             raise ValueError("int8 needs the PyTorch model: its preprocess prepares the calibration images")
         reader = SyntheticCalibrationReader(model, exported.input_shape[2:], calibration_images, seed)
         quantize_int8(exported.path, path, reader)
-    return OrtRunner(create_session(path, provider, provider_options=provider_options), provider, precision, path, exported.batch_limit)
+    session = create_session(path, provider, provider_options=provider_options)
+    return OrtRunner(session, provider, precision, path, exported.batch_limit, exported.path)

@@ -37,7 +37,7 @@ import math
 import re
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -115,6 +115,11 @@ class Dump:
 
     def by_name(self) -> dict[str, DumpEntry]:
         return {entry.name: entry for entry in self.entries}
+
+    def subset(self, names: Iterable[str]) -> Dump:
+        """The entries named in ``names``, in this dump's order."""
+        wanted = set(names)
+        return Dump(self.mode, tuple(entry for entry in self.entries if entry.name in wanted))
 
     def save(self, directory: Path | str) -> Path:
         """Write ``index.json`` and one ``.npy`` per distinct tensor; returns the index path.

@@ -16,13 +16,15 @@ Emulations, and the targets they stand for:
                   float32, as ATC's ``allow_fp32_to_fp16`` and ``*:fp16`` targets do.
 ``autocast_bf16`` the same in bfloat16 (``*:bf16`` targets).
 ``half``          every operator in fp16 (``model.half()``, inputs cast): ATC's ``force_fp16``,
-                  most NPU fp16 builds, ``*:fp16:force`` targets.
+                  most NPU fp16 builds, ``*:fp16:force`` and ``ort:fp16`` targets.
+``int8``          the reference's convolutions quantised to int8 on the CPU from its own weights
+                  and a calibration set (``precision/quantize.py``): ``ort:int8`` targets.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from torch import nn
 from ..dtypes import autocast
 from .compare import ComparisonResult, compare
 from .dump import Dump, DumpCollector
+from .quantize import int8_copy
 from .replay import LocalError, Replayer, module_replayer, replay
 from .thresholds import TensorThresholds
 
@@ -45,9 +48,15 @@ class Emulation:
     name: str
     autocast_dtype: str  # "fp32" for none
     cast: torch.dtype | None  # the dtype the model and its inputs are cast to, None to keep float32
+    quantized: bool = False  # int8: a copy quantised from the reference's weights and a calibration set
 
-    def model(self, reference: nn.Module) -> nn.Module:
-        """The model the floor runs: ``reference`` itself, or a cast copy of it (the reference is never changed)."""
+    def model(self, reference: nn.Module, forward: Forward, calibration: Iterable[torch.Tensor] | None = None) -> nn.Module:
+        """The model the floor runs: ``reference`` itself, or a cast or quantised copy of it (the
+        reference is never changed); ``calibration`` batches are needed by ``int8`` only."""
+        if self.quantized:
+            if calibration is None:
+                raise ValueError(f"the {self.name} floor needs calibration batches")
+            return int8_copy(reference, forward, calibration)
         if self.cast is None:
             return reference
         return copy.deepcopy(reference).to(self.cast).eval()
@@ -74,6 +83,7 @@ EMULATIONS = {
         Emulation("autocast_fp16", "fp16", None),
         Emulation("autocast_bf16", "bf16", None),
         Emulation("half", "fp32", torch.float16),
+        Emulation("int8", "fp32", None, quantized=True),
     )
 }
 
@@ -90,11 +100,12 @@ class Floor:
 
 def measure_floor(
     reference: nn.Module, emulation: str, forward: Forward, batch: torch.Tensor, reference_dump: Dump,
-    limits: TensorThresholds,
+    limits: TensorThresholds, calibration: Iterable[torch.Tensor] | None = None,
 ) -> Floor:
     """The ``Floor`` of ``EMULATIONS[emulation]`` for ``reference`` on ``batch``; ``reference_dump``
-    is the reference's own full dump of the same forward, ``limits`` the tensor section to compare under."""
+    is the reference's own full dump of the same forward, ``limits`` the tensor section to compare
+    under, ``calibration`` the batches an ``int8`` floor is calibrated on."""
     chosen = EMULATIONS[emulation]
-    model = chosen.model(reference)
+    model = chosen.model(reference, forward, calibration)
     local = replay(reference, lambda m: forward(m, batch), {"floor": chosen.replayer(model)})["floor"]
     return Floor(chosen, local, compare(reference_dump, chosen.dump(model, forward, batch), limits))

@@ -30,11 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import Tensor, nn
-
 from .compare import ComparisonResult
-from .floor import Floor, Forward
-from .replay import LocalError, Replayer, replay
+from .floor import Floor
+from .replay import LocalError
 from .thresholds import LocalThresholds
 
 Kind = Literal["LOCAL", "ACCUMULATED"]
@@ -186,6 +184,24 @@ def _localise(modules: list[ModuleError]) -> Localisation:
     )
 
 
+def _floor_of(device: Sequence[LocalError], floor: Sequence[LocalError]) -> list[LocalError]:
+    """The floor's local error for each device entry, in the device's order: the floor's own entry,
+    or, for an entry that ``covers`` others (a compiled graph's tensor), their errors combined in
+    quadrature (independent roundings add so)."""
+    if [e.name for e in device] == [e.name for e in floor]:
+        return list(floor)
+    by_name = {e.name: e for e in floor}
+    missing = sorted({n for d in device for n in (d.name, *d.covers) if n not in by_name})
+    if missing:
+        raise ValueError(f"the floor replay recorded no {', '.join(missing[:5])}: the two took different code paths")
+    combined = []
+    for d in device:
+        parts = [by_name[n] for n in (d.name, *d.covers)]
+        error = math.sqrt(sum(p.error_norm ** 2 for p in parts))
+        combined.append(LocalError(d.name, d.module, d.module_type, d.numel, by_name[d.name].reference_norm, error, d.inputs))
+    return combined
+
+
 def compare_local(
     device: Sequence[LocalError],
     floor: Sequence[LocalError],
@@ -198,26 +214,24 @@ def compare_local(
     """Hold each module's local and accumulated error to its floor (module doc).
 
     Args:
-        device: the device replay's local errors; ``floor``: the floor replay's, same order.
+        device: the device's local errors; ``floor``: the floor replay's, the same entries in
+            the same order, or a superset where the device's are a compiled graph's (``covers``).
         accumulated: the device's whole-forward comparison; ``accumulated_floor``: the floor's.
         limits: ``[precision.local.<precision>]``; ``min_layer_numel``: the tensor section's.
         floor_name: the emulation the floor ran, for the report.
 
     Raises:
-        ValueError: the two replays do not name the same module outputs in the same order.
+        ValueError: the floor has no entry for a device entry: the two took different code paths.
     """
-    if [e.name for e in device] != [e.name for e in floor]:
-        raise ValueError("the device and floor replays recorded different module outputs: they took different code paths")
     acc, acc_floor = _accumulated(accumulated), _accumulated(accumulated_floor)
-    modules = [_module(d, f, acc, acc_floor, limits, min_layer_numel) for d, f in zip(device, floor)]
+    modules = [_module(d, f, acc, acc_floor, limits, min_layer_numel) for d, f in zip(device, _floor_of(device, floor))]
     return LocalComparison(tuple(modules), _localise(modules), floor_name)
 
 
 def against_floor(
-    reference: nn.Module, replayer: Replayer, forward: Forward, batch: Tensor, floor: Floor,
-    accumulated: ComparisonResult, limits: LocalThresholds, min_layer_numel: float,
+    device: Sequence[LocalError], floor: Floor, accumulated: ComparisonResult, limits: LocalThresholds,
+    min_layer_numel: float,
 ) -> LocalComparison:
-    """Replay every module of ``reference``'s forward on the device (``replayer``) and hold it,
-    with the device's ``accumulated`` comparison, to ``floor`` (``compare_local``)."""
-    device = replay(reference, lambda m: forward(m, batch), {"device": replayer})["device"]
+    """Hold the device's local errors (``Target.local_errors``) and its ``accumulated`` comparison
+    to ``floor`` (``compare_local``)."""
     return compare_local(device, floor.local, accumulated, floor.accumulated, limits, min_layer_numel, floor.emulation.name)

@@ -79,7 +79,9 @@ class LocalError:
     ``reference_norm`` ||reference||_2, over ``numel`` elements (NaN norms when the replay's
     shape differs or it produced NaN/Inf where the reference did not). ``inputs`` names the
     entries whose tensors the call took as inputs (none for the model's own input): the
-    reference forward's data flow, which says where accumulated error came from."""
+    reference forward's data flow, which says where accumulated error came from. ``covers``
+    names other entries whose computation this one's includes: in a compiled graph one tensor
+    holds several modules' outputs (a conv and its fused norm), recomputed together."""
 
     name: str
     module: str
@@ -88,6 +90,7 @@ class LocalError:
     reference_norm: float
     error_norm: float
     inputs: tuple[str, ...] = ()
+    covers: tuple[str, ...] = ()
 
     @property
     def relative_error(self) -> float:
@@ -115,7 +118,7 @@ def _versions(value: Any) -> list[int]:
     return versions
 
 
-def _norms(replayed: Tensor, reference: Tensor) -> tuple[float, float]:
+def error_norms(replayed: Tensor, reference: Tensor) -> tuple[float, float]:
     """(||reference||, ||replayed - reference||), in float32 (a norm's last digits do not move a
     ratio); the error is NaN when the shapes differ or NaN/Inf sit elsewhere than the reference's."""
     reference_norm = float(torch.linalg.vector_norm(reference))
@@ -179,7 +182,7 @@ class _Hooks:
                     self.replaying = False
                 replayed = dict(flatten_output(answer.output))
                 for suffix, tensor in reference:
-                    ref_norm, error_norm = _norms(replayed[suffix], tensor) if suffix in replayed else (math.nan, math.nan)
+                    ref_norm, error_norm = error_norms(replayed[suffix], tensor) if suffix in replayed else (math.nan, math.nan)
                     if answer.callee_input_error:
                         error_norm = max(error_norm, answer.callee_input_error * ref_norm)  # NaN stays NaN
                     self.rows[label].append(
@@ -261,7 +264,7 @@ def _input_error(received: Any, recorded: Any) -> float:
     worst = 0.0
     pairs = zip(flatten_output(received), flatten_output(recorded))
     for (_, got), (_, want) in pairs:
-        reference_norm, error_norm = _norms(got, want)
+        reference_norm, error_norm = error_norms(got, want)
         if math.isnan(error_norm):
             return math.nan
         if error_norm:

@@ -17,9 +17,11 @@ own module (``eager.py``, ``ort.py``, ``om.py``); everything else asks the objec
   the whole pipeline on its device, a compiled one leaves the decoding to the host;
 - ``timed_device``: the device the eager perf grid times it on, None when it has its
   own timing loop;
-- ``floor`` and ``replayer(runner)``: the CPU emulation of its precision that measures the
-  noise floor, and what re-runs its modules one by one on the reference's inputs (local
-  error, ``precision/replay.py``); None where it has none.
+- ``floor``, ``local_errors(...)`` and ``layer_dump(...)``: the CPU emulation of its
+  precision that measures the noise floor, each module's error when it is re-run on the
+  reference's inputs (local error: ``precision/replay.py`` for eager targets,
+  ``atc/layers.py`` for compiled graphs), and the per-layer dump its accumulated error is
+  read from where its run's dump has graph outputs only; None where it has none.
 
 Nothing here imports torch at module level: the plugin imports the package for ``pytest --help``.
 """
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from ..precision.dump import Dump
-    from ..precision.replay import Replayer
+    from ..precision.floor import Forward
+    from ..precision.replay import LocalError
 
 Need = Literal["compile", "run"]
 DEFAULT_SOC_VERSION = "Ascend910B"
@@ -120,9 +123,16 @@ class Target(ABC):
         """The emulation its noise floor runs on the CPU (``precision/floor.py``); None where it has none."""
         return None
 
-    def replayer(self, runner: Runner) -> Replayer | None:
-        """What re-runs one module of the loaded target on given inputs (``precision/replay.py``);
-        None where modules cannot be run one by one (a compiled graph)."""
+    def local_errors(self, runner: Runner, reference: nn.Module, forward: Forward, batch: Tensor,
+                     reference_dump: Dump) -> tuple[LocalError, ...] | None:
+        """Each module output of the loaded target recomputed from the reference's own inputs,
+        against the reference's (``reference_dump``, the ``full`` dump of ``forward(reference,
+        batch)``); None where modules cannot be run one by one."""
+        return None
+
+    def layer_dump(self, runner: Runner, batch: Tensor, reference_dump: Dump) -> Dump | None:
+        """The target's per-layer dump of ``batch``, named as ``reference_dump``, where ``run``'s dump
+        holds graph outputs only; None where ``run``'s dump is already per layer."""
         return None
 
     @abstractmethod

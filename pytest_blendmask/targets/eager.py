@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from ..ops.selection import DeformConvChoice
     from ..precision.dump import Dump
-    from ..precision.replay import Replayer
+    from ..precision.floor import Forward
+    from ..precision.replay import LocalError
 
 _EAGER_RE = re.compile(r"(?P<dev>cpu|(?:cuda|npu):\d+)(?::(?P<dtype>fp16|bf16))?(?P<force>:force)?")
 FORCE = "force"
@@ -109,14 +110,18 @@ class EagerTarget(Target):
     def floor(self) -> str:
         return _FLOORS[(self.dtype, self.force)]
 
-    def replayer(self, runner: EagerRunner) -> Replayer:
-        """Each module of the device copy on the device, in this target's precision."""
+    def local_errors(self, runner: EagerRunner, reference: torch.nn.Module, forward: Forward, batch: torch.Tensor,
+                     reference_dump: Dump) -> tuple[LocalError, ...]:
+        """Each module of the device copy replayed on the device, in this target's precision, on the
+        inputs the reference's modules receive (``precision/replay.py``)."""
         import torch
 
-        from ..precision.replay import module_replayer
+        from ..precision.replay import module_replayer, replay
 
-        return module_replayer(runner.model, self.device, lambda: autocast(torch.device(self.device).type, self.autocast_dtype),
-                               torch.float16 if self.force else None)
+        replayer = module_replayer(runner.model, self.device,
+                                   lambda: autocast(torch.device(self.device).type, self.autocast_dtype),
+                                   torch.float16 if self.force else None)
+        return replay(reference, lambda model: forward(model, batch), {"device": replayer})["device"]
 
     @property
     def timed_device(self) -> str | None:

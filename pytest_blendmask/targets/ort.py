@@ -10,13 +10,21 @@ from ..dtypes import Dtype
 from .base import LoadContext, Need, Runner, Target
 
 if TYPE_CHECKING:
-    from torch import nn
+    from torch import Tensor, nn
+
+    from ..atc.ort import OrtRunner
+    from ..precision.dump import Dump
+    from ..precision.floor import Forward
+    from ..precision.replay import LocalError
 
 _QUALIFIERS = {provider: short for short, provider in ORT_PROVIDERS.items()}
 # ONNX Runtime runs on device 0 of its provider unless told otherwise.
 _DEVICES = {ORT_PROVIDERS["cpu"]: "cpu", ORT_PROVIDERS["cann"]: "npu:0", ORT_PROVIDERS["cuda"]: "cuda:0"}
 _ORT_RE = re.compile(r"ort(?::(?P<opt>fp16|int8|cann|cuda))?")
 EXPORT_OPSET = 11
+# The CPU emulation of each graph precision: the floor (precision/floor.py). ONNX Runtime's
+# fp16 conversion turns every operator to fp16, as model.half() does.
+_FLOORS = {"fp32": "fp32", "fp16": "half", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,26 @@ class OrtTarget(Target):
     @property
     def device(self) -> str:
         return _DEVICES[self.provider]
+
+    @property
+    def floor(self) -> str:
+        return _FLOORS[self.dtype]
+
+    def local_errors(self, runner: OrtRunner, reference: nn.Module, forward: Forward, batch: Tensor,
+                     reference_dump: Dump) -> tuple[LocalError, ...]:
+        """Each paired tensor of the graph recomputed from the reference's values of the tensors it
+        reads (``atc/layers.py``): functional code between two recorded modules counts toward the next."""
+        from ..atc.layers import local_errors
+
+        graph, layers = runner.layers(reference_dump)
+        return local_errors(graph, layers, reference_dump, batch, self.provider)
+
+    def layer_dump(self, runner: OrtRunner, batch: Tensor, reference_dump: Dump) -> Dump:
+        """The graph run with every tensor paired to a reference entry as an extra output (``atc/layers.py``)."""
+        from ..atc.layers import layered_dump
+
+        graph, layers = runner.layers(reference_dump)
+        return layered_dump(graph, layers, reference_dump, batch, self.provider)
 
     def skip_reason(self, need: Need = "run") -> str | None:
         try:

@@ -1,8 +1,10 @@
 """Level 1 against the noise floor: what each module adds by itself, and what rounding explains.
 
-Each module of the device under test is replayed on the reference's own inputs (its *local*
-error) and held, with its accumulated error, to the floor: the same module run by the
-reference model in the target's precision emulated on the CPU (``precision/local.py``). One
+Each module of the device under test is recomputed on the reference's own inputs (its
+*local* error: replayed by an eager target, the part of the graph behind the module's tensor
+for an ONNX Runtime target) and held, with its accumulated error, to the floor: the same
+module run by the reference model in the target's precision emulated on the CPU
+(``precision/local.py``). One
 test per gate of ``pytest_blendmask.gates.FLOOR_GATES``, judged against
 ``[precision.local.<precision>]``; a failure names the module, LOCAL or ACCUMULATED.
 """
@@ -23,8 +25,8 @@ def judge_floor_gate(dut_target, floor_comparison, thresholds, bm_record) -> Cal
     comparison = floor_comparison(dut_target)
     if comparison is None:
         pytest.skip(
-            f"{dut_target.id} runs a compiled graph: its modules cannot be replayed one by one, so it has no "
-            "local error and no floor here; the tensor gates judge its graph outputs"
+            f"{dut_target.id} cannot recompute its modules one by one (an .om runs whole; eager and ONNX Runtime "
+            "targets can), so it has no local error and no floor here; the tensor gates judge its graph outputs"
         )
     return lambda gate: judge(bm_record, gate, dut_target.id, comparison, thresholds.local[dut_target.precision])
 

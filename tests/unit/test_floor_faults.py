@@ -1,15 +1,18 @@
-"""Proof that the floor gates see a port bug under any eager precision, and name where it started.
+"""Proof that the floor gates see a port bug under any precision, and name where it started.
 
-Each fault goes into the device's copy of the model only, through the eager target's seam
-(``EagerRunner.model``, the copy its forward, post-processing and replay run): the reference
-and the floor never see it. A module's output scaled by 1.05 (and by 1.02 under fp16) must
-fail the floor gates and be named LOCAL at that module; a functional change inside a
-container (the FPN's top-down resize) at the container; and clean targets raise no alarm.
+Each fault goes into the device's copy of the model only: for eager targets through their
+seam (``EagerRunner.model``, the copy its forward, post-processing and replay run), for
+``ort:int8`` through the graph's (``OrtRunner.edited``: the int8 graph the device runs, not
+the fp32 export its layers are named from). The reference and the floor never see it. A
+module's output scaled by 1.05 (and by 1.02 under fp16) must fail the floor gates and be
+named LOCAL at that module; a functional change inside a container (the FPN's top-down
+resize) at the container; and clean targets raise no alarm.
 """
 from __future__ import annotations
 
 import types
 
+import onnx
 import pytest
 import torch
 
@@ -17,17 +20,16 @@ from pytest_blendmask.data import EVAL_SEED, generate_sample
 from pytest_blendmask.gates import FLOOR_GATES, evaluate
 from pytest_blendmask.model import build_model
 from pytest_blendmask.model.layers import resize_to
+from pytest_blendmask.noise_floor import against_its_floor, target_floor
 from pytest_blendmask.precision.compare import compare
-from pytest_blendmask.precision.floor import measure_floor
-from pytest_blendmask.precision.local import against_floor
 from pytest_blendmask.precision.thresholds import load_thresholds
-from pytest_blendmask.targets import parse_target
+from pytest_blendmask.targets import LoadContext, parse_target
 
 SIZE = 128  # P6/P7 fall under min_layer_numel here and are not gated; every other module is
 THRESHOLDS = load_thresholds()
 CPU = parse_target("cpu")
-FORWARD = lambda model, batch: model.forward_raw(batch)  # noqa: E731
 EAGER = ("cpu:fp16", "cpu:bf16", "cpu:fp16:force")
+GRAPHS = ("ort", "ort:fp16", "ort:int8")
 
 # Spread over the backbone, the FPN, the head towers (one conv followed by GroupNorm, which
 # hides a scale from every accumulated comparison), the basis module and the top layer.
@@ -48,7 +50,7 @@ FAULTY_MODULES = (
     "basis_module.tower.4",
     "top_layer",
 )
-CASES = [(spec, module, 1.05) for spec in EAGER for module in FAULTY_MODULES] + [
+CASES = [(spec, module, 1.05) for spec in (*EAGER, "ort:fp16") for module in FAULTY_MODULES] + [
     (spec, module, 1.02) for spec in ("cpu:fp16", "cpu:fp16:force") for module in FAULTY_MODULES
 ]
 
@@ -64,43 +66,67 @@ def lite():
 
 
 @pytest.fixture(scope="module")
-def setup(lite):
-    """Per target: the reference run, and the floor, measured once."""
+def setup(lite, tmp_path_factory):
+    """Per target: the reference run, the loaded target and the floor, made once."""
     batch, sizes = batch_of(lite, [0])
     reference = CPU.run(lite, batch, sizes)
-    floors = {}
+    made = {}
+    context = LoadContext((SIZE, SIZE), cache_dir=tmp_path_factory.mktemp("onnx"))
 
     def get(spec):
-        target = parse_target(spec)
-        if spec not in floors:
-            floors[spec] = measure_floor(lite, target.floor, FORWARD, batch, reference.dump,
-                                         THRESHOLDS.tensor[target.precision])
-        return target, batch, sizes, reference, floors[spec]
+        if spec not in made:
+            target = parse_target(spec)
+            floor = target_floor(target, lite, batch, reference, THRESHOLDS)
+            made[spec] = (target, batch, sizes, reference, floor, lambda: target.load(lite, context))
+        return made[spec]
 
     return get
 
 
 def floor_comparison(lite, setup, spec, inject=None):
-    target, batch, sizes, reference, floor = setup(spec)
-    runner = target.load(lite)
+    """The target's comparison with its floor, a fault put into its device copy or graph by ``inject``."""
+    target, batch, sizes, reference, floor, load = setup(spec)
+    runner = load()
     if inject is not None:
-        inject(runner.model)  # the seam: the device's copy only
-    accumulated = compare(reference.dump, target.run(lite, batch, sizes, runner=runner).dump,
-                          THRESHOLDS.tensor[target.precision])
-    return against_floor(lite, target.replayer(runner), FORWARD, batch, floor, accumulated,
-                         THRESHOLDS.local[target.precision], THRESHOLDS.tensor[target.precision].min_layer_numel), target
+        runner = inject(runner) or runner  # the seam: the device's copy or graph only
+    accumulated = lambda: compare(reference.dump, target.run(lite, batch, sizes, runner=runner).dump,  # noqa: E731
+                                  THRESHOLDS.tensor[target.precision])
+    return against_its_floor(target, runner, lite, batch, reference, lambda: floor, THRESHOLDS, accumulated), target
 
 
-def scaled(name, factor):
-    def inject(device_model):
-        device_model.get_submodule(name).register_forward_hook(lambda module, args, output: output * factor)
+def _scale_in_graph(tensor, factor):
+    """An edit that makes ``tensor`` ``factor`` times what its producer computes (a Mul after the
+    producer); for a quantised tensor, the float one its quantise-dequantise pair reads."""
+    def edit(model):
+        nodes = list(model.graph.node)
+        producer = next(node for node in nodes if tensor in node.output)
+        while producer.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            producer = next(node for node in nodes if producer.input[0] in node.output)
+        name = producer.output[0]
+        raw = f"{name}.before_fault"
+        producer.output[0] = raw
+        scale = onnx.helper.make_tensor(f"{name}.fault", onnx.TensorProto.FLOAT, [], [factor])
+        model.graph.initializer.append(scale)
+        model.graph.node.insert(nodes.index(producer) + 1, onnx.helper.make_node("Mul", [raw, scale.name], [name]))
+
+    return edit
+
+
+def scaled(name, factor, reference=None, tmp_path=None):
+    def inject(runner):
+        if hasattr(runner, "model"):  # eager: a hook on the device copy's module
+            runner.model.get_submodule(name).register_forward_hook(lambda module, args, output: output * factor)
+            return None
+        graph, layers = runner.layers(reference.dump)
+        tensors = {layers.tensors[e.name] for e in reference.dump if e.module == name and e.name in layers.tensors}
+        return runner.edited(lambda model: [_scale_in_graph(t, factor)(model) for t in tensors], tmp_path / "faulty.onnx")
 
     return inject
 
 
 @pytest.mark.parametrize("spec, module, factor", CASES, ids=[f"{s}-{m}-x{f}" for s, m, f in CASES])
-def test_a_scaled_module_fails_the_floor_gates_and_is_named_local(lite, setup, spec, module, factor):
-    comparison, target = floor_comparison(lite, setup, spec, scaled(module, factor))
+def test_a_scaled_module_fails_the_floor_gates_and_is_named_local(lite, setup, spec, module, factor, tmp_path):
+    comparison, target = floor_comparison(lite, setup, spec, scaled(module, factor, setup(spec)[3], tmp_path))
     assert (comparison.localisation.kind, comparison.localisation.module) == ("LOCAL", module), comparison.localisation.detail
     failed = [v for v in (evaluate(g, comparison, THRESHOLDS.local[target.precision]) for g in FLOOR_GATES) if not v.passed]
     assert failed and failed[0].detail.startswith(f"LOCAL at {module}")
@@ -130,17 +156,16 @@ def test_a_changed_resize_between_modules_is_named_at_the_module_that_contains_i
     assert (comparison.localisation.kind, comparison.localisation.module) == ("LOCAL", "backbone")
 
 
-@pytest.mark.parametrize("spec", EAGER)
-def test_a_clean_target_is_within_its_floor_on_ten_images(lite, spec):
+@pytest.mark.parametrize("spec", EAGER + GRAPHS)
+def test_a_clean_target_is_within_its_floor_on_ten_images(lite, spec, tmp_path):
     target = parse_target(spec)
-    runner = target.load(lite)
-    local, tensor = THRESHOLDS.local[target.precision], THRESHOLDS.tensor[target.precision]
+    runner = target.load(lite, LoadContext((SIZE, SIZE), cache_dir=tmp_path))
     for seeds in ([0, 1], [2, 3], [4, 5], [6, 7], [8, 9]):
         batch, sizes = batch_of(lite, seeds)
         reference = CPU.run(lite, batch, sizes)
-        floor = measure_floor(lite, target.floor, FORWARD, batch, reference.dump, tensor)
-        accumulated = compare(reference.dump, target.run(lite, batch, sizes, runner=runner).dump, tensor)
-        comparison = against_floor(lite, target.replayer(runner), FORWARD, batch, floor, accumulated, local,
-                                   tensor.min_layer_numel)
+        floor = target_floor(target, lite, batch, reference, THRESHOLDS)
+        accumulated = lambda: compare(reference.dump, target.run(lite, batch, sizes, runner=runner).dump,  # noqa: E731
+                                      THRESHOLDS.tensor[target.precision])
+        comparison = against_its_floor(target, runner, lite, batch, reference, lambda: floor, THRESHOLDS, accumulated)
         assert comparison.passed, f"images {seeds}: {comparison.localisation.detail}"
-        assert all(evaluate(g, comparison, local).passed for g in FLOOR_GATES)
+        assert all(evaluate(g, comparison, THRESHOLDS.local[target.precision]).passed for g in FLOOR_GATES)

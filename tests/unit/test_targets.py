@@ -297,6 +297,7 @@ def test_a_forced_target_runs_every_operator_of_its_copy_in_fp16_and_leaves_the_
     assert runner.forward(torch.randn(1, 3, 4, 4))["y"].dtype == torch.float16  # GroupNorm too, unlike autocast
 
 
-def test_ort_targets_have_no_replay() -> None:
-    ort = parse_target("ort")
-    assert ort.floor is None and ort.replayer(object()) is None
+def test_graph_targets_are_held_to_the_floor_of_their_precision() -> None:
+    assert [parse_target(spec).floor for spec in ("ort", "ort:fp16", "ort:int8")] == ["fp32", "half", "int8"]
+    om = parse_target("om")
+    assert om.floor is None and om.local_errors(object(), None, None, None, None) is None

@@ -1,0 +1,136 @@
+"""int8 on the CPU, built from the reference's weights alone: the floor of an int8 target.
+
+A quantised target's noise floor is what quantisation itself costs on this model, measured
+on a model quantised *independently* of the one under test (never its graph, so a fault
+edited there cannot raise its own allowance). The recipe is the one the ``ort:int8`` target
+is built with (``atc/ort.py``, static post-training quantisation of the convolutions), here
+as fake quantisation in float32 (quantise, then dequantise, at the same places):
+
+- each convolution's weight: per output channel, symmetric int8, scale ``max|w| / 127``
+  (per-channel scales make a folded BatchNorm's per-channel factor irrelevant);
+- each convolution's input and output: per tensor, asymmetric uint8 over ``[min(lo, 0),
+  max(hi, 0)]``, ``lo``/``hi`` the range seen over the calibration batches (MinMax
+  calibration). Where, matters for local error (which module's replay pays for it): ONNX
+  Runtime quantises a tensor right after the node that produced it, so an input is quantised
+  after the module that produced it (before the conv where functional code or the graph input
+  did), and an output after a folded BatchNorm (ONNX Runtime fuses Conv+BN before
+  quantising), before any other norm (GroupNorm stays unfused and float);
+- everything else in float32.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..model.layers import FrozenBatchNorm2d
+
+_FOLDED_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
+UINT8_LEVELS = 255
+INT8_MAX = 127
+
+
+@dataclass
+class _Range:
+    low: float = 0.0
+    high: float = 0.0
+
+    def see(self, t: Tensor) -> None:
+        self.low, self.high = min(self.low, float(t.min())), max(self.high, float(t.max()))
+
+    def fake_quantize(self, t: Tensor) -> Tensor:
+        scale = (self.high - self.low) / UINT8_LEVELS
+        if scale == 0.0:
+            return t
+        zero_point = int(round(-self.low / scale))
+        return torch.fake_quantize_per_tensor_affine(t.float(), scale, zero_point, 0, UINT8_LEVELS).to(t.dtype)
+
+
+def _quantize_weight(weight: Tensor) -> Tensor:
+    flat = weight.detach().flatten(1).abs().amax(dim=1)
+    scale = torch.where(flat > 0, flat / INT8_MAX, torch.ones_like(flat))
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(weight.detach(), scale, zero, 0, -INT8_MAX - 1, INT8_MAX)
+
+
+def _output_sites(model: nn.Module) -> dict[int, tuple[nn.Module, bool]]:
+    """Per conv (by id), where its output is quantised: (module, True) after that module's forward,
+    (module, False) before it. After the BatchNorm that follows it (its ``norm`` child, or the next
+    module of a Sequential), which ONNX Runtime folds into it; before any other norm."""
+    sites: dict[int, tuple[nn.Module, bool]] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            norm = getattr(module, "norm", None)
+            unfused = isinstance(norm, nn.Module) and not isinstance(norm, _FOLDED_NORMS)
+            sites[id(module)] = (norm, False) if unfused else (module, True)
+        if isinstance(module, nn.Sequential):
+            children = list(module)
+            for conv, after in zip(children, children[1:]):
+                if isinstance(conv, nn.Conv2d) and isinstance(after, _FOLDED_NORMS):
+                    sites[id(conv)] = (after, True)
+    return sites
+
+
+def _hook_pair(site: nn.Module, after: bool, act: Callable[[Tensor], Tensor]) -> Any:
+    if after:
+        return site.register_forward_hook(lambda _m, _args, output: act(output))
+    return site.register_forward_pre_hook(lambda _m, args: (act(args[0]), *args[1:]))
+
+
+def _input_sites(model: nn.Module, convs: list[nn.Conv2d], forward: Callable[[nn.Module, Tensor], Any], batch: Tensor
+                 ) -> dict[int, tuple[nn.Module, bool]]:
+    """Per conv (by id), where its input is quantised: after the leaf module that produced it (the
+    last, for an in-place one), as ONNX Runtime puts the quantise-dequantise pair right after a
+    tensor's producer; before the conv where no leaf produced it (the graph input, a container's
+    functional code)."""
+    produced: dict[int, tuple[Tensor, nn.Module]] = {}  # the tensor is held so that its id stays its own
+    sites: dict[int, tuple[nn.Module, bool]] = {}
+
+    def record(module: nn.Module, _args: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            produced[id(output)] = (output, module)
+
+    def find(conv: nn.Module, args: tuple[Any, ...]) -> None:
+        _, producer = produced.get(id(args[0]), (None, None))
+        sites.setdefault(id(conv), (producer, True) if producer is not None else (conv, False))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if next(m.children(), None) is None]
+    handles += [conv.register_forward_pre_hook(find) for conv in convs]
+    try:
+        with torch.no_grad():
+            forward(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sites
+
+
+def int8_copy(reference: nn.Module, forward: Callable[[nn.Module, Tensor], Any], calibration: Iterable[Tensor]) -> nn.Module:
+    """A fake-quantised copy of ``reference`` (module doc), calibrated by ``forward(copy, batch)``
+    over ``calibration``; the reference is not changed."""
+    model = copy.deepcopy(reference).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    batches = list(calibration)
+    in_sites, out_sites = _input_sites(model, convs, forward, batches[0]), _output_sites(model)
+    ranges = {id(conv): (_Range(), _Range()) for conv in convs}
+    handles = []
+    for conv in convs:
+        seen_in, seen_out = ranges[id(conv)]
+        handles.append(_hook_pair(*in_sites[id(conv)], lambda t, r=seen_in: r.see(t) or t))
+        handles.append(_hook_pair(*out_sites[id(conv)], lambda t, r=seen_out: r.see(t) or t))
+    with torch.no_grad():
+        for batch in batches:
+            forward(model, batch)
+    for handle in handles:
+        handle.remove()
+    for conv in convs:
+        quantize_in, quantize_out = ranges[id(conv)]
+        with torch.no_grad():
+            conv.weight.copy_(_quantize_weight(conv.weight))
+        _hook_pair(*in_sites[id(conv)], quantize_in.fake_quantize)
+        _hook_pair(*out_sites[id(conv)], quantize_out.fake_quantize)
+    return model
