@@ -121,12 +121,12 @@ class Dump:
         entries = tuple(replace(e, data=None, recorded_stats=e.stats) for e in self.entries)
         return Dump("stats", entries)
 
-    def save(self, directory: Path | str, files: Mapping[str, str] | None = None,
+    def save(self, directory: Path | str, files: Sequence[str] | None = None,
              header: Mapping[str, Any] | None = None) -> Path:
         """Write ``index.json`` and one ``.npy`` per distinct tensor; returns the index path.
 
         Entries that share a copy (module doc) share a file. ``stats`` dumps write the
-        index only. ``files`` maps entry names to tensor files already written under
+        index only. ``files`` names, per entry in order, its tensor file already written under
         ``directory`` (the msprobe export's ``.pt`` files): the index refers to those and no
         ``.npy`` is written, so a folder holds each tensor once. ``header`` adds fields to
         the index (who ran the dump, on what).
@@ -135,11 +135,11 @@ class Dump:
         directory.mkdir(parents=True, exist_ok=True)
         written: dict[int, str] = {}
         rows = []
-        for entry in self.entries:
+        for position, entry in enumerate(self.entries):
             row = {k: v for k, v in asdict(entry).items() if k not in ("data", "recorded_stats")}
             row["stats"] = asdict(entry.stats)
             if entry.data is not None and files is not None:
-                row["file"] = files[entry.name]
+                row["file"] = files[position]
             elif entry.data is not None:
                 if id(entry.data) not in written:
                     filename = f"{len(written):04d}_{_UNSAFE_FILENAME.sub('_', entry.name)}.npy"

@@ -59,8 +59,7 @@ def dump_json(target_id: str, graph_outputs: bool = False) -> Path:
 def _write_tree(directory: Path, dump: Dump, located_at: Path, header: Mapping[str, Any]) -> None:
     """msprobe's tree of ``dump`` and our index pointing at its tensor files."""
     export_msprobe(dump, directory, STEP, RANK, located_at=located_at)
-    names = output_names(dump)
-    files = {e.name: (RANK_DIR / TENSOR_DIR / f"{names[e.name]}.pt").as_posix() for e in dump if e.data is not None}
+    files = [(RANK_DIR / TENSOR_DIR / f"{name}.pt").as_posix() for name in output_names(dump)]
     dump.save(directory, files=files, header=header)
 
 

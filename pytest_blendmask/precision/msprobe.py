@@ -60,14 +60,18 @@ def _tensor_entry(entry: DumpEntry, data_name: str | None) -> dict:
     return row
 
 
-def output_names(dump: Dump) -> dict[str, str]:
-    """Each entry's name in msprobe, ``<node>.output.<i>``: the row ``msprobe compare`` writes
-    for it (its ``NPU Name``) and, with ``.pt``, its tensor file; i counts the node's outputs."""
+def output_names(dump: Dump) -> list[str]:
+    """Each entry's name in msprobe, ``<node>.output.<i>``, in entry order: the row ``msprobe
+    compare`` writes for it (its ``NPU Name``) and, with ``.pt``, its tensor file; i counts
+    the node's outputs. By position, not by our entry name, which a module's dict output can
+    share with a child (``backbone.bottom_up.res3`` is both ResNet's output ``res3`` and the
+    stage's own); msprobe's names, which carry the class, do not collide.
+    """
     counts: dict[str, int] = {}
-    names = {}
+    names = []
     for entry in dump:
         node = node_name(entry)
-        names[entry.name] = f"{node}.output.{counts.get(node, 0)}"
+        names.append(f"{node}.output.{counts.get(node, 0)}")
         counts[node] = counts.get(node, 0) + 1
     return names
 
@@ -89,11 +93,11 @@ def export_msprobe(dump: Dump, dump_path: Path | str, step: int = 0, rank: int =
         rank_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(dump)
     data: dict[str, dict] = {}
-    for entry in dump:
+    for entry, name in zip(dump, names):
         node = data.setdefault(node_name(entry), {"input_args": [], "input_kwargs": {}, "output": []})
         data_name = None
         if entry.data is not None:
-            data_name = f"{names[entry.name]}.pt"
+            data_name = f"{name}.pt"
             torch.save(entry.data.to(getattr(torch, entry.dtype.removeprefix("torch."))), tensor_dir / data_name)
         node["output"].append(_tensor_entry(entry, data_name))
     final_tensor_dir = Path(located_at or dump_path) / tensor_dir.relative_to(dump_path)
