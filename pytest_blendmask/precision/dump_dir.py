@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,7 +115,8 @@ def write_target_dump(
         "target": target_id, "granularity": granularity, "reference": reference_id, "golden": golden,
         "msprobe_dump": dump_json(target_id).as_posix(), "batch": dict(batch), "run": run,
     }
-    written = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    written = root / f".{final.name}.{uuid.uuid4().hex}"
+    written.mkdir()  # not tempfile.mkdtemp, whose 0700 would stay on the folder users open
     try:
         _write_tree(written, dump, final, header)
         if graph_outputs is not None:
