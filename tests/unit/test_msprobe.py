@@ -3,7 +3,7 @@
 One small real suite run (lite, 128x128, cpu:bf16 and ort against cpu) writes the dumps;
 msprobe (the optional ``msprobe`` extra, PyPI ``mindstudio-probe``) then compares each
 target with the reference, and its Cosine and MaxAbsErr columns must be the values our
-comparison computes, to 1e-6. About 30 s on 2 CPU cores.
+comparison computes, to 1e-6. 40 to 60 s on 2 busy CPU cores (the suite run is most of it).
 """
 from __future__ import annotations
 
