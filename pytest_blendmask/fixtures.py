@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_blendmask.placement import worker_device
+from pytest_blendmask.placement import run_id, worker_device
 from pytest_blendmask.precision.thresholds import Thresholds
 from pytest_blendmask.results import record
 from pytest_blendmask.settings import SEED, Settings, weights_path
@@ -214,13 +214,13 @@ def perf_model(blendmask_model: Any, bm_settings: Settings) -> Callable[[str, st
 
 @pytest.fixture
 def dump_collector(bm_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
-    """Factory ``dump_collector(model, mode="full"|"stats", include=..., exclude=...)``; dumps persist to --bm-dump-dir."""
+    """Factory ``dump_collector(model, mode=--bm-dump-mode, include=..., exclude=...)``; dumps persist to --bm-dump-dir."""
     from pytest_blendmask.precision.dump import DumpCollector
 
     made: list[DumpCollector] = []
 
     def make(model: torch.nn.Module, **kwargs: Any) -> DumpCollector:
-        made.append(DumpCollector(model, **kwargs))
+        made.append(DumpCollector(model, **{"mode": bm_settings.dump_mode, **kwargs}))
         return made[-1]
 
     yield make
@@ -296,15 +296,38 @@ def coco_accuracy(split_run: Callable[..., Any]) -> Callable[..., Any]:
     return get
 
 
+def save_run_dump(config: pytest.Config, run: Any, reference: Target, batch: SampleBatch) -> None:
+    """Write a ``TargetRun``'s dump to --bm-dump-dir in --bm-dump-mode (``precision/dump_dir.py``);
+    the reference's graph outputs too, what compiled targets are compared with."""
+    from pytest_blendmask.precision.dump import dump_from_outputs
+    from pytest_blendmask.precision.dump_dir import write_target_dump
+
+    settings = config.stash[settings_key]
+    assert settings.dump_dir is not None
+    keep = (lambda dump: dump) if settings.dump_mode == "full" else (lambda dump: dump.without_data())
+    graph_outputs = keep(dump_from_outputs(run.raw)) if run.target.id == reference.id else None
+    write_target_dump(
+        settings.dump_dir, run.target.id, keep(run.dump), run=run_id(config),
+        granularity="graph outputs" if run.target.compiled else "module outputs", reference_id=reference.id,
+        batch={"name": "sample_batch", "images": len(batch.images), "shape": list(batch.tensor.shape)},
+        graph_outputs=graph_outputs,
+    )
+
+
 @pytest.fixture(scope="session")
-def target_run(blendmask_model: Any, sample_batch: SampleBatch, compiled_target: Callable[[Target], Any]) -> Callable[[Target], Any]:
-    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target."""
+def target_run(
+    pytestconfig: pytest.Config, blendmask_model: Any, sample_batch: SampleBatch,
+    compiled_target: Callable[[Target], Any], reference_target: Target, bm_settings: Settings,
+) -> Callable[[Target], Any]:
+    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target; its dump goes to --bm-dump-dir."""
     cache: dict[str, Any] = {}
 
     def run(spec: Target) -> Any:
         if spec.id not in cache:
             runner = compiled_target(spec)
             cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes, runner=runner)
+            if bm_settings.dump_dir is not None:
+                save_run_dump(pytestconfig, cache[spec.id], reference_target, sample_batch)
         return cache[spec.id]
 
     return run

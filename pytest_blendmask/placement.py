@@ -1,4 +1,5 @@
-"""Where a test runs: the device pinned to each xdist worker, perf groups, and the tags ``--bm-require`` checks.
+"""Where a test runs: the device pinned to each xdist worker, perf groups, the tags ``--bm-require`` checks,
+and the id that all workers of one session share.
 
 ``--bm-devices npu:0,npu:1`` with ``-n N`` pins worker ``gwK`` to ``devices[K % len]``;
 without xdist the session is worker 0. Eager targets of that device's type run on the
@@ -9,6 +10,7 @@ reach the xdist controller with every report, skips included.
 """
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import pytest
@@ -17,6 +19,7 @@ from pytest_blendmask.results import TAGS_KEY
 from pytest_blendmask.settings import REQUIRE_TAGS, Settings
 from pytest_blendmask.targets import Target
 
+_run_key = pytest.StashKey[str]()
 PERF_MARKER = "perf"
 _NO_TARGET_DEVICE = "cpu"  # a test without a dut_target runs on the CPU
 
@@ -34,6 +37,17 @@ def device_for_worker(devices: Sequence[str], worker_id: str | None) -> str | No
 def worker_device(config: pytest.Config, settings: Settings) -> str | None:
     """``device_for_worker`` for this process (xdist tells a worker its id in ``workerinput``)."""
     return device_for_worker(settings.devices, getattr(config, "workerinput", {}).get("workerid"))
+
+
+def run_id(config: pytest.Config) -> str:
+    """An id of this session that every xdist worker of it shares (xdist's ``testrunuid``);
+    without xdist, one made for the session."""
+    shared = getattr(config, "workerinput", {}).get("testrunuid")
+    if shared is not None:
+        return shared
+    if _run_key not in config.stash:
+        config.stash[_run_key] = uuid.uuid4().hex
+    return config.stash[_run_key]
 
 
 def _item_target(item: pytest.Item) -> Target | None:

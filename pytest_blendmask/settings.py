@@ -27,6 +27,8 @@ from pytest_blendmask.targets import DEFORM_CONV_MODES, TARGET_FORMS, Target, pa
 # Mirrors pytest_blendmask.model.CONFIG_NAMES (a unit test keeps them equal): importing the
 # model package loads torch, which `pytest --help` must not do.
 MODEL_NAMES = ("lite", "R_50", "R_101", "R_101_dcni3", "550_R_50_3x", "RT_R_50_4x_bn-head_syncbn_shtw")
+# Mirrors pytest_blendmask.precision.dump.MODES (a unit test keeps them equal): that module imports torch.
+DUMP_MODES = ("full", "stats")
 SEED = 0  # model initialisation and synthetic inputs
 THRESHOLDS_FILE = "precision/thresholds_default.toml"
 SIZE_DIVISOR = 32  # the FPN's coarsest backbone stride: inputs are padded to a multiple of it
@@ -51,6 +53,7 @@ class Settings:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     report_dir: Path = Path("reports")
     dump_dir: Path | None = None  # None: no tensor dumps written
+    dump_mode: str = "full"  # full: tensors and statistics; stats: statistics only
     devices: tuple[str, ...] = ()  # one per xdist worker
     soc_version: str = "Ascend910B"
     require: tuple[str, ...] = ()  # families/devices whose skips fail the session
@@ -113,6 +116,14 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not all(p.isdigit() and int(p) > 0 for p in parts) or len(set(map(int, parts))) != len(parts):
         raise ValueError(f"expected {expected}; got {text!r}")
     return tuple(int(p) for p in parts)
+
+
+def parse_dump_mode(text: str) -> str:
+    """One of ``DUMP_MODES``."""
+    name = text.strip()
+    if name not in DUMP_MODES:
+        raise ValueError(f"expected {' or '.join(DUMP_MODES)}; got {text!r}")
+    return name
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -211,6 +222,9 @@ OPTIONS = (
            takes_base=True, metavar="DIR"),
     Option("dump-dir", "Directory for per-layer tensor dumps. Default: no dumps.",
            parse_dir, takes_base=True, metavar="DIR"),
+    Option("dump-mode", "What --bm-dump-dir and dump_collector keep: full (every tensor, in its "
+           "dtype, and its statistics) or stats (max/min/mean/L2 norm only: no tensor on disk or "
+           "held by the dump, for big models).", parse_dump_mode, metavar="full|stats"),
     Option("devices", "Comma-separated devices, one per xdist worker (e.g. npu:0,npu:1).",
            parse_devices, metavar="DEV,DEV,..."),
     Option("soc-version", "ATC --soc_version of the target chip.", parse_soc_version,

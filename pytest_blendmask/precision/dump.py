@@ -38,7 +38,7 @@ import re
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -121,34 +121,46 @@ class Dump:
         wanted = set(names)
         return Dump(self.mode, tuple(entry for entry in self.entries if entry.name in wanted))
 
-    def save(self, directory: Path | str) -> Path:
+    def without_data(self) -> Dump:
+        """This dump in ``stats`` mode: the same entries and statistics, no tensors kept."""
+        entries = tuple(replace(e, data=None, recorded_stats=e.stats) for e in self.entries)
+        return Dump("stats", entries)
+
+    def save(self, directory: Path | str, files: Sequence[str] | None = None,
+             header: Mapping[str, Any] | None = None) -> Path:
         """Write ``index.json`` and one ``.npy`` per distinct tensor; returns the index path.
 
         Entries that share a copy (module doc) share a file. ``stats`` dumps write the
-        index only.
+        index only. ``files`` names, per entry in order, its tensor file already written under
+        ``directory`` (the msprobe export's ``.pt`` files): the index refers to those and no
+        ``.npy`` is written, so a folder holds each tensor once. ``header`` adds fields to
+        the index (who ran the dump, on what).
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        files: dict[int, str] = {}
+        written: dict[int, str] = {}
         rows = []
-        for entry in self.entries:
+        for position, entry in enumerate(self.entries):
             row = {k: v for k, v in asdict(entry).items() if k not in ("data", "recorded_stats")}
             row["stats"] = asdict(entry.stats)
-            if entry.data is not None:
-                if id(entry.data) not in files:
-                    filename = f"{len(files):04d}_{_UNSAFE_FILENAME.sub('_', entry.name)}.npy"
+            if entry.data is not None and files is not None:
+                row["file"] = files[position]
+            elif entry.data is not None:
+                if id(entry.data) not in written:
+                    filename = f"{len(written):04d}_{_UNSAFE_FILENAME.sub('_', entry.name)}.npy"
                     np.save(directory / filename, entry.data.numpy())
-                    files[id(entry.data)] = filename
-                row["file"] = files[id(entry.data)]
+                    written[id(entry.data)] = filename
+                row["file"] = written[id(entry.data)]
             rows.append(row)
-        index = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "mode": self.mode, "entries": rows}
+        index = {"format": INDEX_FORMAT, "version": INDEX_VERSION, **(header or {}), "mode": self.mode, "entries": rows}
         path = directory / INDEX_FILE
         path.write_text(json.dumps(index, indent=1), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, directory: Path | str) -> Dump:
-        """Read a dump written by ``save``; entries that shared a file share a tensor again."""
+        """Read a dump written by ``save``; entries that shared a file share a tensor again.
+        Fields of the index other than the entries and the mode (``save``'s ``header``) are not read."""
         path = Path(directory) / INDEX_FILE
         index = json.loads(path.read_text(encoding="utf-8"))
         if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
@@ -161,11 +173,19 @@ class Dump:
         for row in index["entries"]:
             filename = row.pop("file", None)
             if filename is not None and filename not in tensors:
-                tensors[filename] = torch.from_numpy(np.load(path.parent / filename))
+                tensors[filename] = _load_tensor(path.parent / filename)
             stats, shape = TensorStats(**row.pop("stats")), tuple(row.pop("shape"))
             data = tensors.get(filename) if filename is not None else None
             entries.append(DumpEntry(**row, shape=shape, data=data, recorded_stats=stats))
         return cls(index["mode"], tuple(entries))
+
+
+def _load_tensor(path: Path) -> Tensor:
+    """A saved tensor as CPU float32: our ``.npy`` copies, or msprobe's ``.pt`` files, which keep
+    the original dtype (widening fp16/bf16 back is exact)."""
+    if path.suffix == ".pt":
+        return torch.load(path, weights_only=True).float()
+    return torch.from_numpy(np.load(path))
 
 
 def flatten_output(output: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:

@@ -60,8 +60,30 @@ def _tensor_entry(entry: DumpEntry, data_name: str | None) -> dict:
     return row
 
 
-def export_msprobe(dump: Dump, dump_path: Path | str, step: int = 0, rank: int = 0) -> Path:
-    """Write ``dump`` as msprobe's ``dump_path/step<step>/rank<rank>``; returns dump.json's path."""
+def output_names(dump: Dump) -> list[str]:
+    """Each entry's name in msprobe, ``<node>.output.<i>``, in entry order: the row ``msprobe
+    compare`` writes for it (its ``NPU Name``) and, with ``.pt``, its tensor file; i counts
+    the node's outputs. By position, not by our entry name, which a module's dict output can
+    share with a child (``backbone.bottom_up.res3`` is both ResNet's output ``res3`` and the
+    stage's own); msprobe's names, which carry the class, do not collide.
+    """
+    counts: dict[str, int] = {}
+    names = []
+    for entry in dump:
+        node = node_name(entry)
+        names.append(f"{node}.output.{counts.get(node, 0)}")
+        counts[node] = counts.get(node, 0) + 1
+    return names
+
+
+def export_msprobe(dump: Dump, dump_path: Path | str, step: int = 0, rank: int = 0,
+                   located_at: Path | str | None = None) -> Path:
+    """Write ``dump`` as msprobe's ``dump_path/step<step>/rank<rank>``; returns dump.json's path.
+
+    ``located_at``: where ``dump_path`` will be once moved (a tree written aside and renamed
+    into place), for the absolute ``dump_data_dir`` dump.json records; ``msprobe compare``
+    itself looks for the tensors next to dump.json.
+    """
     rank_dir = Path(dump_path) / f"step{step}" / f"rank{rank}"
     tensor_dir = rank_dir / TENSOR_DIR
     task = TASKS[dump.mode]
@@ -69,19 +91,21 @@ def export_msprobe(dump: Dump, dump_path: Path | str, step: int = 0, rank: int =
         tensor_dir.mkdir(parents=True, exist_ok=True)
     else:
         rank_dir.mkdir(parents=True, exist_ok=True)
+    names = output_names(dump)
     data: dict[str, dict] = {}
-    for entry in dump:
+    for entry, name in zip(dump, names):
         node = data.setdefault(node_name(entry), {"input_args": [], "input_kwargs": {}, "output": []})
         data_name = None
         if entry.data is not None:
-            data_name = f"{node_name(entry)}.output.{len(node['output'])}.pt"
+            data_name = f"{name}.pt"
             torch.save(entry.data.to(getattr(torch, entry.dtype.removeprefix("torch."))), tensor_dir / data_name)
         node["output"].append(_tensor_entry(entry, data_name))
+    final_tensor_dir = Path(located_at or dump_path) / tensor_dir.relative_to(dump_path)
     document = {
         "task": task,
         "level": LEVEL,
         "framework": FRAMEWORK,
-        "dump_data_dir": str(tensor_dir.resolve()) if task == "tensor" else None,
+        "dump_data_dir": str(final_tensor_dir.resolve()) if task == "tensor" else None,
         "data": data,
     }
     path = rank_dir / "dump.json"

@@ -1,7 +1,9 @@
-"""DumpCollector: naming, order, flattening, modes, aliasing, hooks, persistence, msprobe export."""
+"""DumpCollector: naming, order, flattening, modes, aliasing, hooks, persistence, msprobe export,
+and the --bm-dump-dir layout."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_blendmask.model import build_model
-from pytest_blendmask.precision.dump import ROOT_NAME, Dump, DumpCollector
+from pytest_blendmask.precision.dump import ROOT_NAME, Dump, DumpCollector, dump_from_outputs
+from pytest_blendmask.precision.dump_dir import folder_name, write_target_dump
 from pytest_blendmask.precision.msprobe import export_msprobe
 
 
@@ -283,3 +286,111 @@ def test_msprobe_export_saves_tensors_in_their_original_dtype(tmp_path):
     saved = torch.load(f"{document['dump_data_dir']}/{output['data_name']}", weights_only=True)
     assert output["dtype"] == "torch.float16" and saved.dtype == torch.float16
     assert torch.equal(saved.float(), collector.dump.entries[0].data)
+
+
+@pytest.mark.parametrize(
+    "target_id, folder",
+    [("cpu", "cpu"), ("cpu:bf16", "cpu-bf16"), ("npu:0:fp16:force", "npu-0-fp16-force"), ("ort:int8", "ort-int8"),
+     ("om", "om")],
+)
+def test_dump_folder_is_the_target_id_with_colons_as_dashes(target_id, folder):
+    assert folder_name(target_id) == folder
+
+
+def write(root, dump, target_id="cpu:bf16", run="run-1", **options):
+    options = {"granularity": "module outputs", "reference_id": "cpu", "batch": {"images": 1}, **options}
+    return write_target_dump(root, target_id, dump, run=run, **options)
+
+
+def test_target_dump_is_msprobes_tree_plus_our_index_over_the_same_tensor_files(tmp_path):
+    model, x = tiny()
+    collector = DumpCollector(model)
+    with collector, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    dump = collector.dump
+    folder = write(tmp_path, dump)
+    assert folder == tmp_path / "cpu-bf16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-bf16"]  # nothing left aside
+    rank_dir = folder / "step0" / "rank0"
+    assert {p.name for p in rank_dir.iterdir()} == {"dump.json", "stack.json", "construct.json", "dump_tensor_data"}
+    document = json.loads((rank_dir / "dump.json").read_text())
+    assert document["dump_data_dir"] == str((rank_dir / "dump_tensor_data").resolve())  # the final place
+    index = json.loads((folder / "index.json").read_text())
+    assert {k: index[k] for k in ("target", "granularity", "reference", "golden", "msprobe_dump", "run", "mode")} == {
+        "target": "cpu:bf16", "granularity": "module outputs", "reference": "cpu",
+        "golden": "cpu/step0/rank0/dump.json", "msprobe_dump": "cpu-bf16/step0/rank0/dump.json", "run": "run-1",
+        "mode": "full",
+    }
+    # Each tensor once on disk: our index points at msprobe's .pt files.
+    assert not list(folder.rglob("*.npy"))
+    assert all(row["file"].startswith("step0/rank0/dump_tensor_data/") for row in index["entries"])
+    loaded = Dump.load(folder)
+    assert [(e.name, e.dtype, e.shape) for e in loaded] == [(e.name, e.dtype, e.shape) for e in dump]
+    assert all(b.data.dtype == torch.float32 and torch.equal(a.data, b.data) for a, b in zip(dump, loaded))
+
+
+def test_compiled_target_index_says_graph_outputs_and_the_reference_keeps_its_own(tmp_path):
+    outputs = {"bases": torch.randn(1, 4, 8, 8), "logits_p3": torch.randn(1, 3, 4, 4)}
+    graph = dump_from_outputs(outputs)
+    write(tmp_path, graph, "ort", granularity="graph outputs")
+    model, x = tiny()
+    write(tmp_path, record(model, x), "cpu", graph_outputs=graph)
+    ort = json.loads((tmp_path / "ort" / "index.json").read_text())
+    assert (ort["granularity"], ort["golden"]) == ("graph outputs", "cpu/graph_outputs/step0/rank0/dump.json")
+    reference = json.loads((tmp_path / "cpu" / "index.json").read_text())
+    assert (reference["granularity"], reference["golden"]) == ("module outputs", None)
+    assert (tmp_path / ort["golden"]).is_file()
+    assert Dump.load(tmp_path / "cpu" / "graph_outputs").names() == ["bases", "logits_p3"]
+
+
+def test_stats_dump_holds_no_tensor_in_memory_or_on_disk(tmp_path):
+    """What --bm-dump-mode stats keeps of a BlendMask forward: statistics only (the R_101 batch-8
+    case was measured by hand, see the README section "Dumps and msprobe")."""
+    model = build_model("lite").eval()
+    collector = DumpCollector(model, mode="stats")
+    with collector, torch.inference_mode():
+        model.forward_raw(torch.randn(2, 3, 128, 128))
+    dump = collector.dump
+    assert len(dump) > 100 and all(entry.data is None for entry in dump)
+    folder = write(tmp_path, dump)
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert files == {"index.json", "step0/rank0/dump.json", "step0/rank0/stack.json", "step0/rank0/construct.json"}
+    assert not (folder / "step0" / "rank0" / "dump_tensor_data").exists()
+    assert json.loads((folder / "step0" / "rank0" / "dump.json").read_text())["task"] == "statistics"
+    loaded = Dump.load(folder)
+    assert loaded.mode == "stats" and all(entry.data is None for entry in loaded)
+    assert [e.stats for e in loaded] == [e.stats for e in dump]
+
+
+def test_without_data_keeps_the_statistics_of_a_full_dump():
+    model, x = tiny()
+    full = record(model, x)
+    stats = full.without_data()
+    assert stats.mode == "stats" and all(e.data is None for e in stats)
+    assert [(e.name, e.stats) for e in stats] == [(e.name, e.stats) for e in full]
+
+
+def test_a_folder_of_the_same_run_is_kept_and_one_of_an_earlier_run_replaced(tmp_path):
+    model, x = tiny()
+    first, second = record(model, x), record(model, x * 2)
+    write(tmp_path, first, run="run-1")
+    write(tmp_path, second, run="run-1")  # another xdist worker of the same session: first one kept
+    assert torch.equal(Dump.load(tmp_path / "cpu-bf16").entries[0].data, first.entries[0].data)
+    write(tmp_path, second, run="run-2")  # a later session replaces it
+    assert torch.equal(Dump.load(tmp_path / "cpu-bf16").entries[0].data, second.entries[0].data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-bf16"]
+
+
+def test_concurrent_writers_leave_one_complete_folder(tmp_path):
+    model, x = tiny()
+    dumps = [record(model, x * k) for k in range(1, 7)]
+    # Half of the writers belong to an earlier run: they race to replace and to be kept.
+    threads = [threading.Thread(target=write, args=(tmp_path, d), kwargs={"run": f"run-{k % 2}"})
+               for k, d in enumerate(dumps)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-bf16"]
+    loaded = Dump.load(tmp_path / "cpu-bf16")
+    assert any(all(torch.equal(a.data, b.data) for a, b in zip(d, loaded)) for d in dumps)

@@ -75,6 +75,7 @@ def test_npu_marker_skips_with_probe_reason(pytester: pytest.Pytester) -> None:
         (["--bm-batch-sizes=1,0"], "--bm-batch-sizes: expected a comma-separated list of distinct positive integers*; got '1,0'*"),
         (["--bm-report-dir="], "--bm-report-dir: expected a directory path; got ''*"),
         (["--bm-dump-dir= "], "--bm-dump-dir: expected a directory path; got ' '*"),
+        (["--bm-dump-mode=tensor"], "--bm-dump-mode: expected full or stats; got 'tensor'*"),
         (["--bm-devices=npu0"], "--bm-devices: expected cpu, cuda:N or npu:N; got 'npu0'*"),
         (["--bm-soc-version=910B"], "--bm-soc-version: expected an ATC --soc_version such as *; got '910B'*"),
         (["--bm-require=npu,tpu"], "--bm-require: expected a comma-separated list of precision, perf, atc, npu, cuda; got 'npu,tpu'*"),

@@ -108,6 +108,24 @@ def test_model_names_mirror_the_model_package() -> None:
     assert set(settings.MODEL_NAMES) == set(CONFIG_NAMES)
 
 
+@pytest.mark.parametrize(("text", "expected"), [("full", "full"), (" stats ", "stats")])
+def test_parse_dump_mode_accepts(text: str, expected: str) -> None:
+    assert settings.parse_dump_mode(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "Full", "tensor", "statistics"])
+def test_parse_dump_mode_rejects(text: str) -> None:
+    with pytest.raises(ValueError) as info:
+        settings.parse_dump_mode(text)
+    assert str(info.value) == f"expected full or stats; got {text!r}"
+
+
+def test_dump_modes_mirror_the_dump_module() -> None:
+    from pytest_blendmask.precision.dump import MODES
+
+    assert settings.DUMP_MODES == MODES
+
+
 def test_parse_existing_file_is_relative_to_base(tmp_path: Path) -> None:
     (tmp_path / "t.toml").write_text("")
     assert settings.parse_existing_file("t.toml", tmp_path) == tmp_path / "t.toml"
@@ -123,7 +141,7 @@ def test_every_settings_field_has_exactly_one_option() -> None:
 @pytest.mark.parametrize(
     ("name", "suffix"),
     [("model", " Default: 'lite'"), ("batch-sizes", " Default: '1,2,4,8,16'"), ("reference", " Default: 'cpu'"),
-     ("dump-dir", "no dumps.")],
+     ("dump-dir", "no dumps."), ("dump-mode", " Default: 'full'")],
 )
 def test_option_help_ends_with_the_settings_default(name: str, suffix: str) -> None:
     option = next(o for o in settings.OPTIONS if o.name == name)
@@ -141,15 +159,15 @@ def test_resolve_settings_reads_every_option(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfig(
         "--bm-model=R_50", "--bm-weights=w.safetensors", "--bm-target=npu:0:fp16", "--bm-target=om",
         "--bm-reference=cpu:bf16", "--bm-thresholds=thr.toml", "--bm-input-size=480x640",
-        "--bm-batch-sizes=1,4", "--bm-report-dir=out", "--bm-dump-dir=dumps", "--bm-devices=npu:0,npu:1",
-        "--bm-soc-version=Ascend310P3", "--bm-require=npu,atc",
+        "--bm-batch-sizes=1,4", "--bm-report-dir=out", "--bm-dump-dir=dumps", "--bm-dump-mode=stats",
+        "--bm-devices=npu:0,npu:1", "--bm-soc-version=Ascend310P3", "--bm-require=npu,atc",
     )
     here = pytester.path
     assert resolve_settings(config) == Settings(
         model="R_50", weights=here / "w.safetensors", targets=(parse_target("npu:0:fp16"), parse_target("om")),
         reference=parse_target("cpu:bf16"), thresholds=here / "thr.toml", input_size=(480, 640),
-        batch_sizes=(1, 4), report_dir=here / "out", dump_dir=here / "dumps", devices=("npu:0", "npu:1"),
-        soc_version="Ascend310P3", require=("npu", "atc"),
+        batch_sizes=(1, 4), report_dir=here / "out", dump_dir=here / "dumps", dump_mode="stats",
+        devices=("npu:0", "npu:1"), soc_version="Ascend310P3", require=("npu", "atc"),
     )
 
 
