@@ -31,7 +31,7 @@ Cells. ``fail`` when a test of the level failed or errored or one of its records
 interrupted), with their reasons; ``n/a`` when the level has tests in this run but none for
 this row; ``not selected`` when no test of the level was collected at all (``-m``, ``-k``,
 the paths given). A cell names the record that decides it: the first failing one, else the
-one nearest its limit (``limit_used``).
+one nearest its limit (``limit_used``); so does a row, over its levels in column order.
 
 The verdict line says, after PASS or FAIL, which levels were judged (on every row that has
 tests of the level, else which rows it was not run on), which were not run, and which were
@@ -205,7 +205,8 @@ def build_scorecard(tests: Sequence[TestOutcome], targets: Sequence[str], record
             absent = ("not selected", "not selected (-m, -k or the paths given)") if level not in collected else (
                 "n/a", f"no {level} test for {target}")
             cells.append(_cell(level, placed, index, *absent))
-        records_here = [r for t in mine for r in t.records]
+        # In column order: a failure at a lower level is where the fault shows first.
+        records_here = [r for level in columns for t in mine if t.level == level for r in t.records]
         deciding = _deciding(records_here)
         plotted = _plotted(records_here)
         rows.append({
