@@ -85,13 +85,13 @@ def item_level(item: pytest.Item) -> str | None:
     """The acceptance level the test judges: its ``bm_level`` marker, else its family's; None for neither.
 
     Raises:
-        ValueError: a ``bm_level`` marker naming no level of ``results.LEVELS``.
+        pytest.UsageError: a ``bm_level`` marker naming no level of ``results.LEVELS``.
     """
     marker = item.get_closest_marker(LEVEL_MARKER)
     if marker is not None:
         level = marker.args[0] if marker.args else None
         if level not in LEVELS:
-            raise ValueError(f"{item.nodeid}: @pytest.mark.{LEVEL_MARKER} expects one of {', '.join(LEVELS)}; got {level!r}")
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{LEVEL_MARKER} expects one of {', '.join(LEVELS)}; got {level!r}")
         return level
     return next((_FAMILY_LEVELS[m.name] for m in item.iter_markers() if m.name in _FAMILY_LEVELS), None)
 

@@ -165,6 +165,13 @@ def test_every_scorecard_link_reaches_its_details_in_html_and_markdown(pytester:
     assert targets == {"precision", "skipped"} and targets <= headings
 
 
+def test_a_level_marker_naming_no_level_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile('import pytest\n@pytest.mark.bm_level("tensors")\ndef test_a():\n    pass\n')
+    result = pytester.runpytest("--bm-target=cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *test_a: @pytest.mark.bm_level expects one of operators, tensor, *; got 'tensors'"])
+
+
 def _test(level: str | None, target: str | None, outcome: str, reason: str = "", records: list | None = None) -> TestOutcome:
     return TestOutcome(f"t::{level}-{target}-{len(reason)}", outcome, [], records or [], reason, None, level, target)
 
