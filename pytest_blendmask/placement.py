@@ -5,8 +5,9 @@ and the id that all workers of one session share.
 without xdist the session is worker 0. Eager targets of that device's type run on the
 pinned device (the test id keeps the spec given, so every worker collects the same ids).
 
-Tags are computed at collection and stored in the item's ``user_properties`` so that they
-reach the xdist controller with every report, skips included.
+Tags, the test's acceptance level and its target are computed at collection and stored in
+the item's ``user_properties`` so that they reach the xdist controller with every report,
+skips included.
 """
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from collections.abc import Sequence
 
 import pytest
 
-from pytest_blendmask.results import TAGS_KEY
+from pytest_blendmask.results import LEVEL_KEY, LEVELS, TAGS_KEY, TARGET_KEY
 from pytest_blendmask.settings import REQUIRE_TAGS, Settings
 from pytest_blendmask.targets import Target
 
 _run_key = pytest.StashKey[str]()
 PERF_MARKER = "perf"
+LEVEL_MARKER = "bm_level"
+# The level of a test without a bm_level marker: its family's. A precision test of a user's
+# own has no finer level the report could know, so it gets a column of its own.
+_FAMILY_LEVELS = {"perf": "perf", "atc": "ATC", "precision": "precision"}
 _NO_TARGET_DEVICE = "cpu"  # a test without a dut_target runs on the CPU
 
 
@@ -63,6 +68,16 @@ def _item_target(item: pytest.Item) -> Target | None:
     return spec if isinstance(spec, Target) else None
 
 
+def item_target_id(item: pytest.Item) -> str | None:
+    """The id of the target the item judges: ``_item_target``'s, else its ``gate_target``
+    parameter (a perf floor test is parametrized by the target ids its grid measured)."""
+    spec = _item_target(item)
+    if spec is not None:
+        return spec.id
+    gate_target = getattr(getattr(item, "callspec", None), "params", {}).get("gate_target")
+    return gate_target if isinstance(gate_target, str) else None
+
+
 def item_device(item: pytest.Item) -> str:
     """The device of the item's target (``_item_target``), else the CPU."""
     spec = _item_target(item)
@@ -80,10 +95,27 @@ def item_tags(item: pytest.Item) -> list[str]:
     return sorted(tags)
 
 
+def item_level(item: pytest.Item) -> str | None:
+    """The acceptance level the test judges: its ``bm_level`` marker, else its family's; None for neither.
+
+    Raises:
+        pytest.UsageError: a ``bm_level`` marker naming no level of ``results.LEVELS``.
+    """
+    marker = item.get_closest_marker(LEVEL_MARKER)
+    if marker is not None:
+        level = marker.args[0] if marker.args else None
+        if level not in LEVELS:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{LEVEL_MARKER} expects one of {', '.join(LEVELS)}; got {level!r}")
+        return level
+    return next((_FAMILY_LEVELS[m.name] for m in item.iter_markers() if m.name in _FAMILY_LEVELS), None)
+
+
 def tag_items(items: Sequence[pytest.Item]) -> None:
     for item in items:
         if isinstance(item, pytest.Item):  # pytester's getnode() passes collectors here
             item.user_properties.append((TAGS_KEY, item_tags(item)))
+            item.user_properties.append((LEVEL_KEY, item_level(item)))
+            item.user_properties.append((TARGET_KEY, item_target_id(item)))
 
 
 def group_perf_items(config: pytest.Config, items: Sequence[pytest.Item]) -> None:

@@ -31,6 +31,8 @@ MARKERS = {
     "npu": "needs an Ascend NPU (torch_npu); skipped with the probe's reason where there is none",
     "cuda": "needs a CUDA GPU; skipped with the reason where there is none",
     "slow": "takes more than a few seconds on a 2-core CPU",
+    "bm_level": "its argument names the acceptance level the test judges, its column in the report's scorecard "
+                "(operators, tensor, detection, AP, perf, ATC); default: its family's",
 }
 
 # The device a marker asks for, checked before the test runs.

@@ -36,7 +36,13 @@ RECORD_KEY = "bm_result"
 TAGS_KEY = "bm_tags"  # the family/device tags of a test, added at collection (placement.py)
 # A perf grid point's data on a test that skipped it: a skip stores no record to carry it.
 PERF_POINT_KEY = "bm_perf_point"
+# The acceptance level a test judges and the target it runs, added at collection (placement.py):
+# the scorecard places every test, a skipped one included, in its target's row and level's column.
+LEVEL_KEY = "bm_level"
+TARGET_KEY = "bm_target"
 FAMILIES = ("precision", "perf", "atc")
+# The scorecard's columns in reading order (report/scorecard.py says which test judges which).
+LEVELS = ("operators", "tensor", "detection", "AP", "perf", "ATC")
 Op = Literal["<=", ">="]
 OPS = {"<=": operator.le, ">=": operator.ge}
 

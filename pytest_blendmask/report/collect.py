@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_blendmask.results import PERF_POINT_KEY, TAGS_KEY, records_in
+from pytest_blendmask.results import LEVEL_KEY, PERF_POINT_KEY, TAGS_KEY, TARGET_KEY, records_in
 
 # "incomplete": set up but never reported a call (the run was interrupted inside it).
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "incomplete")
@@ -33,6 +33,8 @@ class TestOutcome:
     records: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # why it skipped, or the failure's one-line message
     perf_point: dict[str, Any] | None = None  # the perf grid point it skipped (PERF_POINT_KEY)
+    level: str | None = None  # the acceptance level it judges (LEVEL_KEY); None for neither
+    target: str | None = None  # the id of the target it runs (TARGET_KEY); None for none
 
 
 def skip_reason(report: pytest.TestReport) -> str:
@@ -78,6 +80,9 @@ class Collector:
         test.records = records_in(report.user_properties)
         test.tags = next((list(v) for k, v in report.user_properties if k == TAGS_KEY), test.tags)
         test.perf_point = next((dict(v) for k, v in report.user_properties if k == PERF_POINT_KEY), test.perf_point)
+        properties = dict(report.user_properties)  # LEVEL_KEY and TARGET_KEY are added once, at collection
+        test.level = properties.get(LEVEL_KEY, test.level)
+        test.target = properties.get(TARGET_KEY, test.target)
         outcome = _phase_outcome(report)
         if outcome is None or test.outcome in ("failed", "error"):
             return  # a passing phase changes nothing; a failure is never overwritten

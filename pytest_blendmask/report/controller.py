@@ -90,7 +90,8 @@ class ReportController:
         if report is None:
             return
         passed = report["verdict"] == "pass"
-        terminalreporter.write_sep("=", f"blendmask verdict: {report['verdict'].upper()}", green=passed, red=not passed, bold=True)
+        line = report["scorecard"]["verdict_line"]  # names the levels judged and those not
+        terminalreporter.write_sep("=", f"blendmask verdict: {line}", green=passed, red=not passed, bold=True)
         for reason in report["reasons"]:
             terminalreporter.write_line(f"  {reason}")
         tally = []

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from pytest_blendmask.report.collect import OUTCOMES, TestOutcome
-from pytest_blendmask.report.tables import Table, report_tables, short_test_id
+from pytest_blendmask.report.scorecard import build_scorecard, scorecard_table
+from pytest_blendmask.report.tables import ALL_PASSED, Anchor, Table, heading_slug, report_tables, short_test_id
 from pytest_blendmask.results import FAMILIES
 
 SCHEMA_VERSION = 1
@@ -98,16 +99,19 @@ def build_final_report(
     counts = dict.fromkeys(OUTCOMES, 0)
     for test in ordered:
         counts[test.outcome] += 1
+    verdict = "fail" if reasons else "pass"
+    records = {f: [r for t in ordered for r in t.records if r["family"] == f] for f in FAMILIES}
     return {
         "schema_version": SCHEMA_VERSION,
-        "verdict": "fail" if reasons else "pass",
+        "verdict": verdict,
         "reasons": reasons,
+        "scorecard": build_scorecard(ordered, environment["targets"], records, verdict),
         "run": {**run, "exit_status": int(exitstatus), "exit_status_name": exit_status_name(exitstatus),
                 "interrupted": exitstatus == pytest.ExitCode.INTERRUPTED},
         "required": {"tags": list(required), "violations": violations},
         "counts": counts,
         "environment": dict(environment),
-        "records": {f: [r for t in ordered for r in t.records if r["family"] == f] for f in FAMILIES},
+        "records": records,
         "skips": [{"test": t.nodeid, "tags": t.tags, "reason": t.reason} for t in ordered if t.outcome == "skipped"],
         "failures": [{"test": t.nodeid, "outcome": t.outcome, "message": t.reason}
                      for t in [*collect_errors, *ordered] if t.outcome in ("failed", "error")],
@@ -129,8 +133,10 @@ def render_json(report: Mapping[str, Any]) -> str:
     return json.dumps(strict_json(report), indent=2, allow_nan=False) + "\n"
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _md_cell(text: str, link: Anchor | None = None) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    # A Markdown link reaches a heading only: the table the detail is in.
+    return f"[{text.replace('[', '(').replace(']', ')')}](#{heading_slug(link.section)})" if link else text
 
 
 def render_table_md(table: Table) -> str:
@@ -139,20 +145,23 @@ def render_table_md(table: Table) -> str:
         return f"{head}_{table.empty}_\n"
     lines = [head.rstrip("\n"), "", "| " + " | ".join(table.headers) + " |",
              "|" + "---|" * len(table.headers)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    links = table.links or [[None] * len(row) for row in table.rows]
+    lines += ["| " + " | ".join(_md_cell(c, link) for c, link in zip(row, row_links)) + " |"
+              for row, row_links in zip(table.rows, links)]
     return "\n".join(lines) + "\n"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """FINAL_REPORT.md: the verdict and its reasons, then the tables of ``report_tables``."""
+    """FINAL_REPORT.md: the verdict line and its reasons, the scorecard, then the tables of ``report_tables``."""
     run, counts = report["run"], report["counts"]
-    head = [f"# BlendMask acceptance: {report['verdict'].upper()}", ""]
-    head += [f"- {reason}" for reason in report["reasons"]] or ["All gates passed."]
+    head = [f"# BlendMask acceptance: {report['scorecard']['verdict_line']}", ""]
+    head += [f"- {reason}" for reason in report["reasons"]] or [ALL_PASSED]
     tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
     head += ["", f"Run {run['started']} to {run['finished']} ({run['duration_s']:.1f} s), "
              f"exit status {run['exit_status']} ({run['exit_status_name']}); tests: {tally or 'none'}.",
              f"Required: {', '.join(report['required']['tags']) or 'nothing'}.", ""]
-    return "\n".join(head) + "\n" + "\n".join(render_table_md(t) for t in report_tables(report))
+    tables = [scorecard_table(report), *report_tables(report)]
+    return "\n".join(head) + "\n" + "\n".join(render_table_md(t) for t in tables)
 
 
 def write_atomic(path: Path, text: str) -> None:

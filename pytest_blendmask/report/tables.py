@@ -5,8 +5,9 @@ numbers formatted the same way.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_blendmask.results import FAMILIES
@@ -16,17 +17,40 @@ RECORD_HEADERS = ("Test", "Target", "Metric", "Value", "Limit", "Unit", "Result"
 OPERATOR_HEADERS = ("Operator", "Inputs", "Runs in", "Metric", "Value", "Standard", "Result")
 _OP_GLYPHS = {"<=": "≤", ">=": "≥"}
 NONE_TEXT = "—"
+SKIPPED_TITLE = "Skipped"
+ALL_PASSED = "Every gate that ran passed."  # the verdict line says which levels that leaves unjudged
+SCORECARD_TITLE = "Scorecard"
+_NOT_SLUG = re.compile(r"[^\w\- ]")
+
+
+def heading_slug(title: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as hyphens;
+    the HTML summary gives its headings the same, prefixed ``bm-``."""
+    return _NOT_SLUG.sub("", title.lower()).replace(" ", "-")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where a cell links: the table ``section`` (its heading, the Markdown link) and, in the
+    HTML summary, the element ``row`` inside it (a record's row, a plot); "" for the heading."""
+
+    section: str
+    row: str = ""
 
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table; ``empty`` is shown instead when there are no rows; ``note`` under the title."""
+    """A titled table; ``empty`` is shown instead when there are no rows; ``note`` under the title.
+    ``links``: per cell, where it links (None for nowhere), shaped like ``rows`` when given;
+    ``row_ids``: the HTML id of each row when given."""
 
     title: str
     headers: tuple[str, ...]
     rows: list[list[str]]
     empty: str
     note: str = ""
+    links: list[list[Anchor | None]] = field(default_factory=list)
+    row_ids: list[str] = field(default_factory=list)
 
 
 def format_number(value: Any) -> str:
@@ -56,6 +80,18 @@ def is_operator_record(record: Mapping[str, Any]) -> bool:
     return "operator" in record["extra"]
 
 
+def record_id(family: str, index: int) -> str:
+    """The HTML id of the row of ``report["records"][family][index]``."""
+    return f"bm-record-{family}-{index}"
+
+
+def record_anchor(report: Mapping[str, Any], ref: Mapping[str, Any]) -> Anchor:
+    """Where a record (``{family, index}``) is shown: its row in its family's or its target's operators table."""
+    record = report["records"][ref["family"]][ref["index"]]
+    title = f"Operators: {record['target']}" if is_operator_record(record) else FAMILY_TITLES[ref["family"]]
+    return Anchor(title, record_id(ref["family"], ref["index"]))
+
+
 def verdict_text(record: Mapping[str, Any]) -> str:
     return "pass" if record["passed"] else "FAIL"
 
@@ -63,17 +99,18 @@ def verdict_text(record: Mapping[str, Any]) -> str:
 def operator_tables(precision_records: list[Mapping[str, Any]]) -> list[Table]:
     """One table per target of its operator checks; the note says which deformable convolution it runs."""
     tables = []
-    by_target: dict[str, list[Mapping[str, Any]]] = {}
-    for r in precision_records:
+    by_target: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
+    for i, r in enumerate(precision_records):
         if is_operator_record(r):
-            by_target.setdefault(r["target"], []).append(r)
+            by_target.setdefault(r["target"], []).append((i, r))
     for target, records in by_target.items():
-        checks = [r for r in records if r["op"] is not None]
+        checks = [(i, r) for i, r in records if r["op"] is not None]
         rows = [[r["extra"]["operator"], r["extra"]["inputs"], r["extra"]["runs_in"],
                  r["metric"].removeprefix(f"{r['extra']['operator']}."), format_number(r["value"]),
-                 format_limit(r), verdict_text(r)] for r in checks]
-        notes = [r["detail"] for r in records if r["op"] is None]
-        tables.append(Table(f"Operators: {target}", OPERATOR_HEADERS, rows, "No operator checks ran.", " ".join(notes)))
+                 format_limit(r), verdict_text(r)] for _, r in checks]
+        notes = [r["detail"] for _, r in records if r["op"] is None]
+        tables.append(Table(f"Operators: {target}", OPERATOR_HEADERS, rows, "No operator checks ran.", " ".join(notes),
+                            row_ids=[record_id("precision", i) for i, _ in checks]))
     return tables
 
 
@@ -121,14 +158,15 @@ def report_tables(report: Mapping[str, Any]) -> list[Table]:
     before the precision table), skips and failures, in reading order."""
     tables = [Table("Environment", ("Item", "Value"), environment_rows(report["environment"]), "")]
     for family in FAMILIES:
-        records = report["records"][family]
+        indexed = list(enumerate(report["records"][family]))
         if family == "precision":
-            tables += operator_tables(records)
-            records = [r for r in records if not is_operator_record(r)]
-        rows = record_rows(records)
-        tables.append(Table(FAMILY_TITLES[family], RECORD_HEADERS, rows, f"No {family} records in this run."))
+            tables += operator_tables(report["records"][family])
+            indexed = [(i, r) for i, r in indexed if not is_operator_record(r)]
+        rows = record_rows([r for _, r in indexed])
+        tables.append(Table(FAMILY_TITLES[family], RECORD_HEADERS, rows, f"No {family} records in this run.",
+                            row_ids=[record_id(family, i) for i, _ in indexed]))
     skips = [[short_test_id(s["test"]), ", ".join(s["tags"]), s["reason"]] for s in report["skips"]]
-    tables.append(Table("Skipped", ("Test", "Tags", "Reason"), skips, "Nothing skipped."))
+    tables.append(Table(SKIPPED_TITLE, ("Test", "Tags", "Reason"), skips, "Nothing skipped."))
     failures = [[short_test_id(f["test"]), f["outcome"], f["message"]] for f in report["failures"]]
     tables.append(Table("Failures", ("Test", "Outcome", "Message"), failures, "No failures."))
     return tables

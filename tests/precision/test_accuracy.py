@@ -10,7 +10,7 @@ import pytest
 from pytest_blendmask.gates import ACCURACY_GATES, APPair, Gate, judge
 from pytest_blendmask.model.protocol import missing_for_detection
 
-pytestmark = [pytest.mark.precision, pytest.mark.slow]
+pytestmark = [pytest.mark.precision, pytest.mark.bm_level("AP"), pytest.mark.slow]
 
 MEANINGFUL_AP = 5.0  # below this the reference is untrained and an AP drop says nothing
 

@@ -13,7 +13,7 @@ import pytest
 from pytest_blendmask.gates import DETECTION_GATES, Gate, judge
 from pytest_blendmask.model.protocol import missing_for_detection
 
-pytestmark = pytest.mark.precision
+pytestmark = [pytest.mark.precision, pytest.mark.bm_level("detection")]
 
 
 @pytest.mark.parametrize("gate", DETECTION_GATES, ids=[g.name for g in DETECTION_GATES])

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_blendmask.gates import ACCUMULATED_FLOOR_RATIO, LOCAL_ERROR, LOCAL_FLOOR_RATIO, Gate, judge
 
-pytestmark = pytest.mark.precision
+pytestmark = [pytest.mark.precision, pytest.mark.bm_level("tensor")]  # the floor gates judge level 1 too
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pytest_blendmask.precision.op_inputs import (
     edge_cases,
 )
 
-pytestmark = pytest.mark.precision
+pytestmark = [pytest.mark.precision, pytest.mark.bm_level("operators")]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pytest_blendmask.gates import (
     judge,
 )
 
-pytestmark = pytest.mark.precision
+pytestmark = [pytest.mark.precision, pytest.mark.bm_level("tensor")]
 
 
 @pytest.fixture

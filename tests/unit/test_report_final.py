@@ -36,12 +36,13 @@ def test_real_report_matches_the_schema_and_holds_every_table(pytester: pytest.P
     assert env["model"]["config"]["num_classes"] == 6
     assert "CPUExecutionProvider" in env["onnxruntime"]["providers"]
     markdown = (pytester.path / "reports" / final.MD_NAME).read_text(encoding="utf-8")
-    assert markdown.startswith("# BlendMask acceptance: FAIL\n")
+    assert markdown.startswith(
+        "# BlendMask acceptance: FAIL (judged: perf, ATC, precision; not selected: tensor, detection, AP)\n")
     for expected in ("## Environment", "## Precision", "| test_layer_error[cpu:bf16] | cpu:bf16 | relative_l2_error | 0.004 | ≤ 0.1 |",
                      "## Performance", "| test_latency[4] | cpu:fp16 | latency_p50 | 40 | ≤ 100 | ms | pass |",
                      "## ATC / compiled model", "| test_om_compile | atc | `atc` not on PATH |"):
         assert expected in markdown
-    result.stdout.fnmatch_lines(["*= blendmask verdict: FAIL =*", "records: precision 5, perf 4, atc 1 (1 failed)",
+    result.stdout.fnmatch_lines(["*= blendmask verdict: FAIL (judged: perf, ATC, precision; *) =*", "records: precision 5, perf 4, atc 1 (1 failed)",
                                  "reports: *FINAL_REPORT.json, *FINAL_REPORT.md"])
 
 
@@ -56,7 +57,8 @@ def test_passing_run_has_a_pass_verdict_and_exit_status_ok(pytester: pytest.Pyte
     assert_valid(report)
     assert (report["verdict"], report["reasons"]) == ("pass", [])
     assert (pytester.path / "reports" / final.MD_NAME).read_text(encoding="utf-8").startswith(
-        "# BlendMask acceptance: PASS\n\nAll gates passed.\n")
+        "# BlendMask acceptance: PASS (judged: perf; not selected: tensor, detection, AP, ATC)\n\n"
+        "Every gate that ran passed.\n")
 
 
 def test_a_failing_record_fails_the_session_even_if_its_assertion_is_swallowed(pytester: pytest.Pytester) -> None:
@@ -142,7 +144,7 @@ def test_bm_require_turns_a_skip_of_a_required_family_into_a_failure(pytester: p
     result.assert_outcomes(passed=1, skipped=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     violation = "required atc: 1 test(s) skipped: test_compile (`atc` not on PATH)"
-    result.stdout.fnmatch_lines(["*= blendmask verdict: FAIL =*", f"  {violation}"])
+    result.stdout.fnmatch_lines(["*= blendmask verdict: FAIL (judged: precision; not run: ATC; *) =*", f"  {violation}"])
     report = final_report(pytester)
     assert_valid(report)
     assert report["required"] == {"tags": ["atc", "precision"], "violations": [violation]}

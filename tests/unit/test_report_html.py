@@ -30,11 +30,12 @@ def test_summary_fragments_carry_verdict_tables_and_latency_plot(pytester: pytes
     fragments = bm_html.summary_fragments(final_report(pytester))
     assert set(fragments) == {"prefix", "summary"}
     (prefix,) = fragments["prefix"]
-    assert '<div class="bm-verdict bm-fail"><strong>BlendMask acceptance: FAIL</strong><ul>' in prefix
+    assert ('<div class="bm-verdict bm-fail"><strong>BlendMask acceptance: FAIL (judged: perf, ATC, precision; '
+            'not selected: tensor, detection, AP)</strong><ul>') in prefix
     assert "<li>1 gate(s) failed: atc box_max_abs_error on ort (test_atc_parity)</li>" in prefix
     (summary,) = fragments["summary"]
     titles = ["Environment", "Precision", "Performance", "Latency against batch size", "ATC / compiled model", "Skipped", "Failures"]
-    positions = [summary.index(f"<h3>{t}</h3>") for t in titles]
+    positions = [summary.index(f">{t}</h3>") for t in titles]
     assert positions == sorted(positions)
     assert '<td class="bm-result-FAIL">FAIL</td>' in summary
     assert "<td>test_latency[4]</td><td>cpu:fp16</td><td>latency_p50</td><td>40</td><td>≤ 100</td><td>ms</td>" in summary
@@ -44,16 +45,17 @@ def test_summary_fragments_carry_verdict_tables_and_latency_plot(pytester: pytes
 def test_table_html_escapes_every_cell_and_marks_the_result() -> None:
     table = Table("A <b>", ("Test", "Result"), [["x<y", "FAIL"]], "")
     assert bm_html.table_html(table) == (
-        '<h3>A &lt;b&gt;</h3><table class="bm-table"><tr><th>Test</th><th>Result</th></tr>'
+        '<h3 id="bm-a-b">A &lt;b&gt;</h3><table class="bm-table"><tr><th>Test</th><th>Result</th></tr>'
         '<tr><td>x&lt;y</td><td class="bm-result-FAIL">FAIL</td></tr></table>'
     )
     assert bm_html.table_html(Table("Skipped", ("Test",), [], "Nothing skipped.")) == (
-        '<h3>Skipped</h3><p class="bm-empty">Nothing skipped.</p>')
+        '<h3 id="bm-skipped">Skipped</h3><p class="bm-empty">Nothing skipped.</p>')
 
 
 def test_verdict_html_of_a_pass() -> None:
-    assert bm_html.verdict_html({"verdict": "pass", "reasons": []}) == (
-        '<div class="bm-verdict bm-pass"><strong>BlendMask acceptance: PASS</strong> All gates passed.</div>')
+    line = "PASS (judged: tensor; not run: detection, AP)"
+    assert bm_html.verdict_html({"verdict": "pass", "reasons": [], "scorecard": {"verdict_line": line}}) == (
+        f'<div class="bm-verdict bm-pass"><strong>BlendMask acceptance: {line}</strong> Every gate that ran passed.</div>')
 
 
 def test_latency_points_take_perf_records_in_ms_with_a_batch_size() -> None:
@@ -86,7 +88,7 @@ def test_html_report_embeds_the_summary_and_the_per_layer_plot(pytester: pytest.
     pytester.makepyfile(RECORDING_PROJECT)
     pytester.runpytest("--bm-target=cpu", "--html=r.html", "--self-contained-html")
     page = (pytester.path / "r.html").read_text(encoding="utf-8")
-    assert "BlendMask acceptance: FAIL" in page and "<h3>Precision</h3>" in page
+    assert "BlendMask acceptance: FAIL (judged: " in page and ">Precision</h3>" in page
     assert "relative_l2_error on cpu:fp16 per layer" in page
 
 

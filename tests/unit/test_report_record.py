@@ -114,7 +114,8 @@ def test_bm_record_fixture_records_on_the_running_test(pytester: pytest.Pytester
             bm_record("precision", "cpu", "cosine_similarity", 0.5, 0.99, "", False, op=">=", detail="cosine 0.5")
 
         def test_after(request):
-            assert request.node.user_properties == [("bm_tags", [])]  # added at collection; no record
+            # added at collection (no level, no target); no record
+            assert request.node.user_properties == [("bm_tags", []), ("bm_level", None), ("bm_target", None)]
         """
     )
     result = pytester.runpytest("--bm-target=cpu")

@@ -17,6 +17,7 @@ def _canonical(report: dict) -> dict:
         "skips": sorted(json.dumps(s, sort_keys=True) for s in report["skips"]),
         "counts": report["counts"],
         "verdict": report["verdict"],
+        "scorecard": report["scorecard"],  # records sorted by test: the same indices either way
     }
 
 
