@@ -88,7 +88,7 @@ def checked(convert: Callable[[str], T], accept: Callable[[T], bool], expected: 
     return parse
 
 
-_positive_int = checked(int, lambda value: value >= 1, "a positive integer")
+positive_int = checked(int, lambda value: value >= 1, "a positive integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="COCO box and mask AP (x100) of BlendMask on a target, over the synthetic evaluation split.",
     )
     parser.add_argument("--target", type=_eager_target, metavar="SPEC", default=parse_target("cpu"), help=f"{EAGER_FORMS}. Default: cpu")
-    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="Evaluate the first N images only. Default: all")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="N", help="Images per forward pass. Default: %(default)r")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help="Evaluate the first N images only. Default: all")
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help="Images per forward pass. Default: %(default)r")
     parser.add_argument("--data", type=Path, default=None, metavar="DIR", help="A split directory. Default: the cached evaluation split")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of a table")
     add_model_options(parser)

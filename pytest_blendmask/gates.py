@@ -334,11 +334,12 @@ def _against_floor(name: str, field_name: str, key: str) -> Gate:
 
 
 LOCAL_FLOOR_RATIO = _against_floor("local_error_floor_ratio", "local_ratio", "max_local_floor_ratio")
+LOCAL_GAIN = _against_floor("local_gain_error", "gain_error", "max_local_gain_error")
 LOCAL_ERROR = _against_floor("local_relative_l2_error", "local", "max_local_relative_l2_error")
 ACCUMULATED_FLOOR_RATIO = _against_floor(
     "accumulated_error_floor_ratio", "accumulated_ratio", "max_accumulated_floor_ratio"
 )
-FLOOR_GATES = (LOCAL_FLOOR_RATIO, LOCAL_ERROR, ACCUMULATED_FLOOR_RATIO)
+FLOOR_GATES = (LOCAL_FLOOR_RATIO, LOCAL_GAIN, LOCAL_ERROR, ACCUMULATED_FLOOR_RATIO)
 
 # ATC parity: an exported or compiled model's graph outputs against PyTorch's, compared by
 # compare() on dump_from_outputs() dumps; judged against the tensor section of its precision.

@@ -41,7 +41,7 @@ from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from torch import Tensor
 
 from ..precision.dump import Dump, DumpEntry
-from ..precision.replay import LocalError, error_norms
+from ..precision.replay import LocalError, deviation
 from .export import INPUT_NAME
 
 _CALL_SUFFIX = re.compile(r"(?P<base>.+)_(?P<k>\d+)")
@@ -299,10 +299,13 @@ def _subgraph(model: onnx.ModelProto, output: str, boundary: set[str], types: di
 def local_errors(model: onnx.ModelProto, layers: LayerMap, reference: Dump, batch: Tensor, provider: str) -> tuple[LocalError, ...]:
     """Each paired tensor recomputed by ``model`` from the reference's values of the tensors it
     reads (earlier entries, the input), against the reference's value: one ``LocalError`` per
-    tensor, named after the last entry it holds (the outermost module), in dump order."""
+    tensor, named after the first entry it holds (the innermost module: a container returning
+    it computed nothing more), covering the others, in dump order."""
     by_name = reference.by_name()
     boundary = set(layers.tensors.values()) | {INPUT_NAME}
-    holder = {tensor: name for name, tensor in layers.tensors.items()}  # the last entry wins: the outermost
+    holder: dict[str, str] = {}
+    for name, tensor in layers.tensors.items():
+        holder.setdefault(tensor, name)  # the first entry in dump order: the innermost module, which computed it
     types = _elem_types(model)
     feeds: dict[str, Tensor] = {layers.tensors[name]: by_name[name].data for name in layers.tensors}
     feeds[INPUT_NAME] = batch
@@ -316,9 +319,9 @@ def local_errors(model: onnx.ModelProto, layers: LayerMap, reference: Dump, batc
             for source in inputs
         }
         (value,) = _session(sub, provider).run([tensor], feed)
-        reference_norm, error_norm = error_norms(_to_torch(value), entry.data)
+        reference_norm, error_norm, error_dot = deviation(_to_torch(value), entry.data)
         errors.append(LocalError(name, entry.module, entry.module_type, entry.data.numel(), reference_norm, error_norm,
                                  tuple(holder[source] for source in inputs if source in holder),
-                                 tuple(other for other in layers.entries_of(tensor) if other != name)))
+                                 tuple(other for other in layers.entries_of(tensor) if other != name), error_dot))
     return tuple(errors)
 

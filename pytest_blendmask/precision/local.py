@@ -6,12 +6,20 @@ and the same pair accumulated (whole forwards, ``compare.py``). With ``n`` eleme
 reference output ``r`` and ``atol`` = ``floor_atol`` of ``[precision.local.<precision>]``:
 
     local floor ratio        ||d_local - r|| / (||f_local - r|| + atol * sqrt(n))
+    local gain error         |g(d_local) - g(f_local)|,  g(x) = <x - r, r> / ||r||^2
     accumulated floor ratio  ||d - r|| / (||f - r|| + atol * sqrt(n))
 
-A module fails when its local floor ratio exceeds ``max_local_floor_ratio`` or its local
-relative L2 error exceeds ``max_local_relative_l2_error`` (the absolute standard: where the
-device is itself the CPU emulation, device and floor share their arithmetic and only the
-standard can see a precision too coarse for the model). Outputs smaller than the tensor
+``g`` is the output's scale error: the least-squares ``g`` of ``x = (1 + g) r + e`` with ``e``
+orthogonal to ``r``. Rounding is nearly orthogonal to what it rounds, so a floor's gain is
+near 0 even where its error norm is large (int8: 2-6 % per conv), while a wrong scale (a
+mis-folded norm, a dropped factor) moves the gain by all of itself: the gain error sees a 5 %
+fault that hides in the norm under int8's noise.
+
+A module fails when its local floor ratio exceeds ``max_local_floor_ratio``, its local gain
+error exceeds ``max_local_gain_error``, or its local relative L2 error exceeds
+``max_local_relative_l2_error`` (the absolute standard: where the device is itself the CPU
+emulation, device and floor share their arithmetic and only the standard can see a
+precision too coarse for the model). Outputs smaller than the tensor
 section's ``min_layer_numel`` are reported, not gated (a few values near zero are all
 rounding), unless NaN/Inf or the shape differ.
 
@@ -49,11 +57,13 @@ class ModuleError:
     local: float
     floor: float
     local_ratio: float
+    gain_error: float  # |device's local gain - floor's| (module doc)
     accumulated: float
     accumulated_floor: float
     accumulated_ratio: float
     growth: float  # accumulated relative error minus the largest of its inputs'
     inputs: tuple[str, ...]
+    covers: tuple[str, ...]  # other entries computed with this one (a compiled graph's fused modules)
     gated: bool
     local_failures: tuple[str, ...]
     accumulated_failures: tuple[str, ...]
@@ -115,9 +125,14 @@ def _module(
     limits: LocalThresholds, min_layer_numel: float,
 ) -> ModuleError:
     missing = (math.nan, math.nan)
-    accumulated, accumulated_floor = acc.get(device.name, missing), acc_floor.get(device.name, missing)
+    # A tensor several modules return is, accumulated, what the outermost hands on (after an
+    # output quantisation its inner module's value has not had yet): compare that one.
+    order = {name: index for index, name in enumerate(acc)}
+    handed_on = max((n for n in (device.name, *device.covers) if n in order), key=order.__getitem__, default=device.name)
+    accumulated, accumulated_floor = acc.get(handed_on, missing), acc_floor.get(handed_on, missing)
     growth = accumulated[0] - max((acc[name][0] for name in device.inputs if name in acc), default=0.0)
     local_ratio = _ratio(device.error_norm, floor.error_norm, limits.floor_atol, device.numel)
+    gain_error = abs(device.gain - floor.gain)
     accumulated_ratio = _ratio(accumulated[1], accumulated_floor[1], limits.floor_atol, device.numel)
     nonfinite = math.isnan(device.error_norm) or math.isnan(accumulated[1])
     gated = device.numel >= min_layer_numel or nonfinite
@@ -126,6 +141,11 @@ def _module(
     if gated:
         if _fails(local_ratio, limits.max_local_floor_ratio):
             local_failures.append(f"local floor ratio {local_ratio:.4g} > {limits.max_local_floor_ratio:g}")
+        if _fails(gain_error, limits.max_local_gain_error):
+            local_failures.append(
+                f"local gain error {gain_error:.4g} > {limits.max_local_gain_error:g} "
+                f"(scale {1 + device.gain:.4f} against the floor's {1 + floor.gain:.4f})"
+            )
         if _fails(device.relative_error, limits.max_local_relative_l2_error):
             local_failures.append(
                 f"local relative_l2_error {device.relative_error:.4g} > {limits.max_local_relative_l2_error:g}"
@@ -136,7 +156,7 @@ def _module(
             )
     return ModuleError(
         device.name, device.module, device.module_type, device.numel, device.relative_error, floor.relative_error, local_ratio,
-        accumulated[0], accumulated_floor[0], accumulated_ratio, growth, device.inputs, gated,
+        gain_error, accumulated[0], accumulated_floor[0], accumulated_ratio, growth, device.inputs, device.covers, gated,
         tuple(local_failures), tuple(accumulated_failures),
     )
 
@@ -159,9 +179,10 @@ def _is_container(module: ModuleError, modules: Sequence[str]) -> bool:
 def _localise(modules: list[ModuleError]) -> Localisation:
     local = next((m for m in modules if m.local_failures), None)
     if local is not None:
+        together = f", computed with {', '.join(local.covers)} in one tensor" if local.covers else ""
         return Localisation(
             "LOCAL", local.module, local.name,
-            f"LOCAL at {local.name} ({local.module_type}): {'; '.join(local.local_failures)} "
+            f"LOCAL at {local.name} ({local.module_type}{together}): {'; '.join(local.local_failures)} "
             f"(local error {local.local:.4g}, floor {local.floor:.4g}, on the reference's own inputs)",
         )
     drifting = next((m for m in modules if m.accumulated_failures), None)
@@ -198,7 +219,10 @@ def _floor_of(device: Sequence[LocalError], floor: Sequence[LocalError]) -> list
     for d in device:
         parts = [by_name[n] for n in (d.name, *d.covers)]
         error = math.sqrt(sum(p.error_norm ** 2 for p in parts))
-        combined.append(LocalError(d.name, d.module, d.module_type, d.numel, by_name[d.name].reference_norm, error, d.inputs))
+        reference_norm = by_name[d.name].reference_norm
+        # Scale errors of modules in a chain add up.
+        dot = sum(p.gain for p in parts) * reference_norm ** 2
+        combined.append(LocalError(d.name, d.module, d.module_type, d.numel, reference_norm, error, d.inputs, error_dot=dot))
     return combined
 
 

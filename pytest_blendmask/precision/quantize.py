@@ -6,8 +6,9 @@ edited there cannot raise its own allowance). The recipe is the one the ``ort:in
 is built with (``atc/ort.py``, static post-training quantisation of the convolutions), here
 as fake quantisation in float32 (quantise, then dequantise, at the same places):
 
-- each convolution's weight: per output channel, symmetric int8, scale ``max|w| / 127``
-  (per-channel scales make a folded BatchNorm's per-channel factor irrelevant);
+- each convolution's weight: per output channel, symmetric, 7 bits as the target's
+  ``reduce_range`` (integers -64..64, scale ``max|w| / 64``; per-channel scales make a folded
+  BatchNorm's per-channel factor irrelevant);
 - each convolution's input and output: per tensor, asymmetric uint8 over ``[min(lo, 0),
   max(hi, 0)]``, ``lo``/``hi`` the range seen over the calibration batches (MinMax
   calibration). Where, matters for local error (which module's replay pays for it): ONNX
@@ -31,7 +32,7 @@ from ..model.layers import FrozenBatchNorm2d
 
 _FOLDED_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
 UINT8_LEVELS = 255
-INT8_MAX = 127
+WEIGHT_MAX = 64  # 7-bit weights (atc/ort.py quantize_int8, reduce_range)
 
 
 @dataclass
@@ -52,9 +53,9 @@ class _Range:
 
 def _quantize_weight(weight: Tensor) -> Tensor:
     flat = weight.detach().flatten(1).abs().amax(dim=1)
-    scale = torch.where(flat > 0, flat / INT8_MAX, torch.ones_like(flat))
+    scale = torch.where(flat > 0, flat / WEIGHT_MAX, torch.ones_like(flat))
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight.detach(), scale, zero, 0, -INT8_MAX - 1, INT8_MAX)
+    return torch.fake_quantize_per_channel_affine(weight.detach(), scale, zero, 0, -WEIGHT_MAX, WEIGHT_MAX)
 
 
 def _output_sites(model: nn.Module) -> dict[int, tuple[nn.Module, bool]]:
@@ -116,6 +117,7 @@ def int8_copy(reference: nn.Module, forward: Callable[[nn.Module, Tensor], Any],
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     batches = list(calibration)
     in_sites, out_sites = _input_sites(model, convs, forward, batches[0]), _output_sites(model)
+    convs = [conv for conv in convs if id(conv) in in_sites]  # the forward's own: a training-only branch has no range
     ranges = {id(conv): (_Range(), _Range()) for conv in convs}
     handles = []
     for conv in convs:

@@ -91,6 +91,16 @@ class LocalError:
     error_norm: float
     inputs: tuple[str, ...] = ()
     covers: tuple[str, ...] = ()
+    error_dot: float = math.nan  # <replay - reference, reference>: what of the error is a change of scale
+
+    @property
+    def gain(self) -> float:
+        """<d - r, r> / ||r||^2: the output's scale error, the least-squares ``g`` of ``d = (1 + g) r + e``
+        with ``e`` orthogonal to ``r`` (0 when r is 0). Rounding is nearly orthogonal to the value it
+        rounds, a wrong scale is not."""
+        if self.reference_norm == 0.0:
+            return 0.0
+        return self.error_dot / self.reference_norm ** 2
 
     @property
     def relative_error(self) -> float:
@@ -118,20 +128,22 @@ def _versions(value: Any) -> list[int]:
     return versions
 
 
-def error_norms(replayed: Tensor, reference: Tensor) -> tuple[float, float]:
-    """(||reference||, ||replayed - reference||), in float32 (a norm's last digits do not move a
-    ratio); the error is NaN when the shapes differ or NaN/Inf sit elsewhere than the reference's."""
+def deviation(replayed: Tensor, reference: Tensor) -> tuple[float, float, float]:
+    """(||r||, ||d - r||, <d - r, r>) of a replayed ``d`` against its ``reference`` ``r``, in float32
+    (a norm's last digits do not move a ratio). The error and the product are NaN when the shapes
+    differ or NaN/Inf sit elsewhere than the reference's; elsewhere they cover the finite positions."""
     reference_norm = float(torch.linalg.vector_norm(reference))
     if replayed.shape != reference.shape:
-        return reference_norm, math.nan
+        return reference_norm, math.nan, math.nan
     diff = replayed.to("cpu", torch.float32) - reference
     error_norm = float(torch.linalg.vector_norm(diff))
     if math.isfinite(error_norm) and math.isfinite(reference_norm):
-        return reference_norm, error_norm
+        return reference_norm, error_norm, float(torch.vdot(diff.flatten(), reference.flatten()))
     finite = torch.isfinite(reference)
     if not torch.equal(finite, torch.isfinite(replayed.cpu())):
-        return float(torch.linalg.vector_norm(reference[finite])), math.nan
-    return float(torch.linalg.vector_norm(reference[finite])), float(torch.linalg.vector_norm(diff[finite]))
+        return float(torch.linalg.vector_norm(reference[finite])), math.nan, math.nan
+    kept, diff = reference[finite], diff[finite]
+    return float(torch.linalg.vector_norm(kept)), float(torch.linalg.vector_norm(diff)), float(torch.vdot(diff, kept))
 
 
 class _Hooks:
@@ -182,11 +194,12 @@ class _Hooks:
                     self.replaying = False
                 replayed = dict(flatten_output(answer.output))
                 for suffix, tensor in reference:
-                    ref_norm, error_norm = error_norms(replayed[suffix], tensor) if suffix in replayed else (math.nan, math.nan)
+                    ref_norm, error_norm, error_dot = (deviation(replayed[suffix], tensor) if suffix in replayed
+                                                       else (math.nan, math.nan, math.nan))
                     if answer.callee_input_error:
                         error_norm = max(error_norm, answer.callee_input_error * ref_norm)  # NaN stays NaN
                     self.rows[label].append(
-                        (name, call, suffix, type(module).__name__, tensor.numel(), ref_norm, error_norm, inputs)
+                        (name, call, suffix, type(module).__name__, tensor.numel(), ref_norm, error_norm, inputs, error_dot)
                     )
             for suffix, tensor in reference:
                 self.producers[id(tensor)] = (weakref.ref(tensor), (name, call, suffix))
@@ -215,8 +228,8 @@ class _Hooks:
         return {
             label: tuple(
                 LocalError(self._name((module, call, suffix)), module, kind, numel, ref, err,
-                           tuple(self._name(key) for key in inputs))
-                for module, call, suffix, kind, numel, ref, err, inputs in rows
+                           tuple(self._name(key) for key in inputs), error_dot=dot)
+                for module, call, suffix, kind, numel, ref, err, inputs, dot in rows
             )
             for label, rows in self.rows.items()
         }
@@ -264,7 +277,7 @@ def _input_error(received: Any, recorded: Any) -> float:
     worst = 0.0
     pairs = zip(flatten_output(received), flatten_output(recorded))
     for (_, got), (_, want) in pairs:
-        reference_norm, error_norm = error_norms(got, want)
+        reference_norm, error_norm, _ = deviation(got, want)
         if math.isnan(error_norm):
             return math.nan
         if error_norm:

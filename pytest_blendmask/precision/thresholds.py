@@ -142,6 +142,7 @@ class LocalThresholds:
     """
 
     max_local_floor_ratio: float = _number(1.0)
+    max_local_gain_error: float = _number(0.0)
     max_local_relative_l2_error: float = _number(0.0)
     max_accumulated_floor_ratio: float = _number(1.0)
     floor_atol: float = _number(0.0, finite="an infinite allowance would pass every module")

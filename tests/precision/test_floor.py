@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_blendmask.gates import ACCUMULATED_FLOOR_RATIO, LOCAL_ERROR, LOCAL_FLOOR_RATIO, Gate, judge
+from pytest_blendmask.gates import ACCUMULATED_FLOOR_RATIO, LOCAL_ERROR, LOCAL_FLOOR_RATIO, LOCAL_GAIN, Gate, judge
 
 pytestmark = [pytest.mark.precision, pytest.mark.bm_level("tensor")]  # the floor gates judge level 1 too
 
@@ -33,6 +33,10 @@ def judge_floor_gate(dut_target, floor_comparison, thresholds, bm_record) -> Cal
 
 def test_local_error_within_the_floor(judge_floor_gate):
     judge_floor_gate(LOCAL_FLOOR_RATIO)
+
+
+def test_local_gain_within_the_floor(judge_floor_gate):
+    judge_floor_gate(LOCAL_GAIN)
 
 
 def test_local_error_within_the_standard(judge_floor_gate):

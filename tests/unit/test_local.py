@@ -6,22 +6,22 @@ import math
 import pytest
 import torch
 
-from pytest_blendmask.gates import ACCUMULATED_FLOOR_RATIO, LOCAL_ERROR, LOCAL_FLOOR_RATIO, evaluate
+from pytest_blendmask.gates import ACCUMULATED_FLOOR_RATIO, LOCAL_ERROR, LOCAL_FLOOR_RATIO, LOCAL_GAIN, evaluate
 from pytest_blendmask.precision.compare import compare
 from pytest_blendmask.precision.dump import dump_from_outputs
 from pytest_blendmask.precision.local import compare_local
-from pytest_blendmask.precision.replay import LocalError
+from pytest_blendmask.precision.replay import LocalError, deviation
 from pytest_blendmask.precision.thresholds import LocalThresholds, load_thresholds
 
-LIMITS = LocalThresholds(max_local_floor_ratio=3.0, max_local_relative_l2_error=0.05,
+LIMITS = LocalThresholds(max_local_floor_ratio=3.0, max_local_gain_error=0.005, max_local_relative_l2_error=0.05,
                          max_accumulated_floor_ratio=3.0, floor_atol=1e-5)
 TENSOR = load_thresholds().tensor["fp16"]
 NUMEL = 100
 
 
-def entry(name, error, inputs=(), module=None):
-    """A local error of ``error`` relative to a reference of norm 1."""
-    return LocalError(name, module or name, "Conv2d", NUMEL, 1.0, error, tuple(inputs))
+def entry(name, error, inputs=(), module=None, gain=0.0):
+    """A local error of ``error`` relative to a reference of norm 1, ``gain`` of it a change of scale."""
+    return LocalError(name, module or name, "Conv2d", NUMEL, 1.0, error, tuple(inputs), error_dot=gain)
 
 
 def accumulated(errors):
@@ -106,3 +106,40 @@ def test_replays_that_took_different_paths_are_refused():
     with pytest.raises(ValueError, match="different code paths"):
         compare_local([entry("a", 0.0)], [entry("b", 0.0)], accumulated({"a": 0.0}), accumulated({"a": 0.0}),
                       LIMITS, 16, "fp32")
+
+
+def test_a_scale_error_hidden_in_the_floors_noise_is_caught_by_the_gain():
+    # int8-like: the floor's rounding costs 3 % orthogonal to the value; the device adds a 5 % scale.
+    c = comparison({"stem": 1e-3, "body": math.hypot(0.03, 0.05), "head": 1e-3}, {"stem": 1e-3, "body": 0.03, "head": 1e-3},
+                   {"stem": 1e-3, "body": 0.06, "head": 0.06}, {"stem": 1e-3, "body": 0.03, "head": 0.03})
+    assert evaluate(LOCAL_FLOOR_RATIO, c, LIMITS).passed  # 0.058 / 0.03: under 3x
+    device = [entry("stem", 1e-3), entry("body", math.hypot(0.03, 0.05), ("stem",), gain=0.05), entry("head", 1e-3, ("body",))]
+    floor = [entry(n, e) for n, e in (("stem", 1e-3), ("body", 0.03), ("head", 1e-3))]
+    c = compare_local(device, floor, accumulated({n: 1e-3 for n in CHAIN}), accumulated({n: 1e-3 for n in CHAIN}),
+                      LIMITS, 16, "int8")
+    verdict = evaluate(LOCAL_GAIN, c, LIMITS)
+    assert not verdict.passed and verdict.layer == "body" and verdict.value == pytest.approx(0.05)
+    assert (c.localisation.kind, c.localisation.module) == ("LOCAL", "body")
+    assert "local gain error 0.05 > 0.005 (scale 1.0500 against the floor's 1.0000)" in c.localisation.detail
+
+
+def test_the_gain_is_the_scale_part_of_a_deviation_and_ignores_orthogonal_noise():
+    torch.manual_seed(0)
+    reference = torch.randn(10_000)
+    noise = torch.randn(10_000)
+    noise -= torch.dot(noise, reference) / torch.dot(reference, reference) * reference  # orthogonal to the reference
+    replayed = 1.05 * reference + 0.03 * noise
+    reference_norm, error_norm, error_dot = deviation(replayed, reference)
+    error = LocalError("x", "x", "Conv2d", 10_000, reference_norm, error_norm, error_dot=error_dot)
+    assert error.gain == pytest.approx(0.05, abs=1e-5)
+    assert LocalError("x", "x", "Conv2d", 4, 0.0, 0.0, error_dot=0.0).gain == 0.0
+
+
+def test_a_compiled_graph_entry_covering_fused_modules_is_held_to_their_floors_together():
+    # One tensor holds a conv and its fused norm: their floor errors add in quadrature, their gains add.
+    device = [LocalError("block.norm", "block.norm", "BatchNorm2d", NUMEL, 1.0, 0.05, (), ("block.conv",), error_dot=0.0)]
+    floor = [entry("block.conv", 0.03, gain=0.01), entry("block.norm", 0.04, gain=-0.01)]
+    c = compare_local(device, floor, accumulated({"block.norm": 0.05}), accumulated({"block.norm": 0.05}), LIMITS, 16, "int8")
+    module = c.modules[0]
+    assert module.floor == pytest.approx(0.05) and module.gain_error == pytest.approx(0.0, abs=1e-12)
+    assert module.covers == ("block.conv",) and c.passed
