@@ -67,9 +67,6 @@ class LayerMap:
     unpaired: dict[str, str]
     absorbed: dict[str, str] = field(default_factory=dict)
 
-    def entries_of(self, tensor: str) -> list[str]:
-        """The entries held by ``tensor`` or computed inside it, in dump order."""
-        return [name for name, held in {**self.absorbed, **self.tensors}.items() if held == tensor]
 
 
 def _resolve(caller: str, component: str, modules: Sequence[str]) -> str | None:
@@ -300,7 +297,8 @@ def local_errors(model: onnx.ModelProto, layers: LayerMap, reference: Dump, batc
     """Each paired tensor recomputed by ``model`` from the reference's values of the tensors it
     reads (earlier entries, the input), against the reference's value: one ``LocalError`` per
     tensor, named after the first entry it holds (the innermost module: a container returning
-    it computed nothing more), covering the others, in dump order."""
+    it computed nothing more), the others its aliases, the entries fused into it its covers, in
+    dump order."""
     by_name = reference.by_name()
     boundary = set(layers.tensors.values()) | {INPUT_NAME}
     holder: dict[str, str] = {}
@@ -322,6 +320,7 @@ def local_errors(model: onnx.ModelProto, layers: LayerMap, reference: Dump, batc
         reference_norm, error_norm, error_dot = deviation(_to_torch(value), entry.data)
         errors.append(LocalError(name, entry.module, entry.module_type, entry.data.numel(), reference_norm, error_norm,
                                  tuple(holder[source] for source in inputs if source in holder),
-                                 tuple(other for other in layers.entries_of(tensor) if other != name), error_dot))
+                                 tuple(e for e, held in layers.absorbed.items() if held == tensor),
+                                 tuple(e for e, held in layers.tensors.items() if held == tensor and e != name), error_dot))
     return tuple(errors)
 

@@ -8,9 +8,12 @@ device's errors are held to (``precision/local.py``).
 
 Emulations, and the targets they stand for:
 
-``fp32``          float32 on the CPU: a floor of zero, so only the absolute allowance counts.
-                  An Ascend NPU runs fp32 convolutions in HF32 by default (torch_npu's
-                  ``allow_hf32``), which this does not emulate: switch it off for an fp32 gate
+``fp64``          the reference in float64: the floor of an fp32 target is the fp32 reference's
+                  own rounding, as dynamo's ``same()`` holds an fp32 run to twice the eager
+                  run's error against fp64 (another fp32 implementation, ONNX Runtime or an
+                  NPU, sums in another order and rounds about as much). An Ascend NPU runs
+                  fp32 convolutions in HF32 by default (torch_npu's ``allow_hf32``), which this
+                  does not emulate: switch it off for an fp32 gate
                   (``torch.npu.conv.allow_hf32 = False``) or gate the NPU as ``npu:N:fp16``.
 ``autocast_fp16`` ``torch.autocast("cpu", float16)``: convolutions and matmuls in fp16, the rest in
                   float32, as ATC's ``allow_fp32_to_fp16`` and ``*:fp16`` targets do.
@@ -79,7 +82,7 @@ class Emulation:
 EMULATIONS = {
     emulation.name: emulation
     for emulation in (
-        Emulation("fp32", "fp32", None),
+        Emulation("fp64", "fp32", torch.float64),
         Emulation("autocast_fp16", "fp16", None),
         Emulation("autocast_bf16", "bf16", None),
         Emulation("half", "fp32", torch.float16),

@@ -3,11 +3,12 @@
 Per module output (dump entry), four numbers: the device's local error (replay, on the
 reference's inputs), the floor's local error (the same module in the emulated precision),
 and the same pair accumulated (whole forwards, ``compare.py``). With ``n`` elements, the
-reference output ``r`` and ``atol`` = ``floor_atol`` of ``[precision.local.<precision>]``:
+reference output ``r``, ``atol`` and ``rtol`` = ``floor_atol`` and ``floor_rtol`` of
+``[precision.local.<precision>]`` and ``allowance = atol * sqrt(n) + rtol * ||r||``:
 
-    local floor ratio        ||d_local - r|| / (||f_local - r|| + atol * sqrt(n))
+    local floor ratio        ||d_local - r|| / (||f_local - r|| + allowance)
     local gain error         |g(d_local) - g(f_local)|,  g(x) = <x - r, r> / ||r||^2
-    accumulated floor ratio  ||d - r|| / (||f - r|| + atol * sqrt(n))
+    accumulated floor ratio  ||d - r|| / (||f - r|| + allowance)
 
 ``g`` is the output's scale error: the least-squares ``g`` of ``x = (1 + g) r + e`` with ``e``
 orthogonal to ``r``. Rounding is nearly orthogonal to what it rounds, so a floor's gain is
@@ -63,7 +64,7 @@ class ModuleError:
     accumulated_ratio: float
     growth: float  # accumulated relative error minus the largest of its inputs'
     inputs: tuple[str, ...]
-    covers: tuple[str, ...]  # other entries computed with this one (a compiled graph's fused modules)
+    covers: tuple[str, ...]  # other entries this one speaks for in a compiled graph (fused into or returning its tensor)
     gated: bool
     local_failures: tuple[str, ...]
     accumulated_failures: tuple[str, ...]
@@ -96,8 +97,8 @@ class LocalComparison:
         return {module.name: module for module in self.modules}
 
 
-def _ratio(error_norm: float, floor_norm: float, atol: float, numel: int) -> float:
-    allowance = floor_norm + atol * math.sqrt(numel)
+def _ratio(error_norm: float, floor_norm: float, limits: LocalThresholds, numel: int, reference_norm: float) -> float:
+    allowance = floor_norm + limits.floor_atol * math.sqrt(numel) + limits.floor_rtol * reference_norm
     if math.isnan(error_norm) or math.isnan(floor_norm):
         return math.nan
     if error_norm == 0.0:
@@ -128,12 +129,12 @@ def _module(
     # A tensor several modules return is, accumulated, what the outermost hands on (after an
     # output quantisation its inner module's value has not had yet): compare that one.
     order = {name: index for index, name in enumerate(acc)}
-    handed_on = max((n for n in (device.name, *device.covers) if n in order), key=order.__getitem__, default=device.name)
+    handed_on = max((n for n in (device.name, *device.aliases) if n in order), key=order.__getitem__, default=device.name)
     accumulated, accumulated_floor = acc.get(handed_on, missing), acc_floor.get(handed_on, missing)
     growth = accumulated[0] - max((acc[name][0] for name in device.inputs if name in acc), default=0.0)
-    local_ratio = _ratio(device.error_norm, floor.error_norm, limits.floor_atol, device.numel)
+    local_ratio = _ratio(device.error_norm, floor.error_norm, limits, device.numel, device.reference_norm)
     gain_error = abs(device.gain - floor.gain)
-    accumulated_ratio = _ratio(accumulated[1], accumulated_floor[1], limits.floor_atol, device.numel)
+    accumulated_ratio = _ratio(accumulated[1], accumulated_floor[1], limits, device.numel, device.reference_norm)
     nonfinite = math.isnan(device.error_norm) or math.isnan(accumulated[1])
     gated = device.numel >= min_layer_numel or nonfinite
     local_failures: list[str] = []
@@ -156,7 +157,8 @@ def _module(
             )
     return ModuleError(
         device.name, device.module, device.module_type, device.numel, device.relative_error, floor.relative_error, local_ratio,
-        gain_error, accumulated[0], accumulated_floor[0], accumulated_ratio, growth, device.inputs, device.covers, gated,
+        gain_error, accumulated[0], accumulated_floor[0], accumulated_ratio, growth, device.inputs,
+        device.covers + device.aliases, gated,
         tuple(local_failures), tuple(accumulated_failures),
     )
 
@@ -179,7 +181,7 @@ def _is_container(module: ModuleError, modules: Sequence[str]) -> bool:
 def _localise(modules: list[ModuleError]) -> Localisation:
     local = next((m for m in modules if m.local_failures), None)
     if local is not None:
-        together = f", computed with {', '.join(local.covers)} in one tensor" if local.covers else ""
+        together = f", one tensor with {', '.join(local.covers)}" if local.covers else ""
         return Localisation(
             "LOCAL", local.module, local.name,
             f"LOCAL at {local.name} ({local.module_type}{together}): {'; '.join(local.local_failures)} "
@@ -207,20 +209,22 @@ def _localise(modules: list[ModuleError]) -> Localisation:
 
 def _floor_of(device: Sequence[LocalError], floor: Sequence[LocalError]) -> list[LocalError]:
     """The floor's local error for each device entry, in the device's order: the floor's own entry,
-    or, for an entry that ``covers`` others (a compiled graph's tensor), their errors combined in
-    quadrature (independent roundings add so)."""
+    or, for a compiled graph's tensor that stands for several entries (``covers``: fused into it;
+    ``aliases``: returning it, like a ``Conv2dNorm`` whose own conv precedes its norm, or a
+    container handing on its child's output, whose floor is then 0), their errors combined in
+    quadrature (independent roundings add so) and their gains summed (the scale errors of a
+    chain multiply)."""
     if [e.name for e in device] == [e.name for e in floor]:
         return list(floor)
     by_name = {e.name: e for e in floor}
-    missing = sorted({n for d in device for n in (d.name, *d.covers) if n not in by_name})
+    missing = sorted({n for d in device for n in (d.name, *d.covers, *d.aliases) if n not in by_name})
     if missing:
         raise ValueError(f"the floor replay recorded no {', '.join(missing[:5])}: the two took different code paths")
     combined = []
     for d in device:
-        parts = [by_name[n] for n in (d.name, *d.covers)]
+        parts = [by_name[n] for n in (d.name, *d.covers, *d.aliases)]
         error = math.sqrt(sum(p.error_norm ** 2 for p in parts))
         reference_norm = by_name[d.name].reference_norm
-        # Scale errors of modules in a chain add up.
         dot = sum(p.gain for p in parts) * reference_norm ** 2
         combined.append(LocalError(d.name, d.module, d.module_type, d.numel, reference_norm, error, d.inputs, error_dot=dot))
     return combined

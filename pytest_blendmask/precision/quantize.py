@@ -84,22 +84,28 @@ def _hook_pair(site: nn.Module, after: bool, act: Callable[[Tensor], Tensor]) ->
 
 def _input_sites(model: nn.Module, convs: list[nn.Conv2d], forward: Callable[[nn.Module, Tensor], Any], batch: Tensor
                  ) -> dict[int, tuple[nn.Module, bool]]:
-    """Per conv (by id), where its input is quantised: after the leaf module that produced it (the
-    last, for an in-place one), as ONNX Runtime puts the quantise-dequantise pair right after a
-    tensor's producer; before the conv where no leaf produced it (the graph input, a container's
-    functional code)."""
-    produced: dict[int, tuple[Tensor, nn.Module]] = {}  # the tensor is held so that its id stays its own
+    """Per conv (by id), where its input is quantised: after the innermost module whose output it is
+    (a container's own code made it: the container; an in-place module changed it: that one), as
+    ONNX Runtime puts the quantise-dequantise pair right after a tensor's producer and the graph's
+    local error counts it there; before the conv where no module returned it (the graph input,
+    an in-place function applied to a module's output)."""
+    # id -> (the tensor, held so that its id stays its own; its version then; the module)
+    produced: dict[int, tuple[Tensor, int, nn.Module]] = {}
     sites: dict[int, tuple[nn.Module, bool]] = {}
 
     def record(module: nn.Module, _args: Any, output: Any) -> None:
-        if isinstance(output, Tensor):
-            produced[id(output)] = (output, module)
+        # Hooks fire innermost first: a container returning its child's tensor unchanged keeps the child.
+        if isinstance(output, Tensor) and produced.get(id(output), (None, None))[1] != output._version:
+            produced[id(output)] = (output, output._version, module)
 
     def find(conv: nn.Module, args: tuple[Any, ...]) -> None:
-        _, producer = produced.get(id(args[0]), (None, None))
-        sites.setdefault(id(conv), (producer, True) if producer is not None else (conv, False))
+        _, version, producer = produced.get(id(args[0]), (None, None, None))
+        if producer is None or args[0]._version != version:  # changed in place since (F.relu_): functional code made it
+            sites.setdefault(id(conv), (conv, False))
+        else:
+            sites.setdefault(id(conv), (producer, True))
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     handles += [conv.register_forward_pre_hook(find) for conv in convs]
     try:
         with torch.no_grad():

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,9 +79,11 @@ class LocalError:
     ``reference_norm`` ||reference||_2, over ``numel`` elements (NaN norms when the replay's
     shape differs or it produced NaN/Inf where the reference did not). ``inputs`` names the
     entries whose tensors the call took as inputs (none for the model's own input): the
-    reference forward's data flow, which says where accumulated error came from. ``covers``
-    names other entries whose computation this one's includes: in a compiled graph one tensor
-    holds several modules' outputs (a conv and its fused norm), recomputed together."""
+    reference forward's data flow, which says where accumulated error came from. Two fields
+    speak for a compiled graph, whose tensor can stand for several entries: ``covers`` names
+    entries computed inside this one's tensor (a conv fused into the norm after it), and
+    ``aliases`` the entries that return the same tensor (a container handing on its child's
+    output: the same value, computed once)."""
 
     name: str
     module: str
@@ -91,6 +93,7 @@ class LocalError:
     error_norm: float
     inputs: tuple[str, ...] = ()
     covers: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
     error_dot: float = math.nan  # <replay - reference, reference>: what of the error is a change of scale
 
     @property
@@ -288,8 +291,10 @@ def _input_error(received: Any, recorded: Any) -> float:
 @contextmanager
 def _returning(model: nn.Module, callees: Sequence[Callee], move: Callable[[Tensor], Tensor]) -> Iterator[list[float]]:
     """Within the block, each module of ``model`` named in ``callees`` returns its recorded outputs,
-    in order, instead of computing them (its hooks still run); the list yielded collects the
-    relative error of the inputs each such call received."""
+    in order, instead of computing them, and its hooks do not run: a hook that changes an output
+    (the int8 floor's quantisation, a test's fault) belongs to that module's own replay, not
+    to its caller's again. The list yielded collects the relative error of the inputs each
+    such call received."""
     queues: dict[str, list[Callee]] = {}
     for callee in callees:
         queues.setdefault(callee.name, []).append(callee)
@@ -306,12 +311,14 @@ def _returning(model: nn.Module, callees: Sequence[Callee], move: Callable[[Tens
             errors.append(_input_error((args, kwargs), (recorded.args, recorded.kwargs)))
             return _map_tensors(recorded.output, move)
 
-        patched.append((module, module.__dict__.get("forward")))
+        patched.append((module, module.__dict__.get("forward"), module._forward_pre_hooks, module._forward_hooks))
         module.forward = forward
+        module._forward_pre_hooks, module._forward_hooks = OrderedDict(), OrderedDict()
     try:
         yield errors
     finally:
-        for module, previous in patched:
+        for module, previous, pre_hooks, hooks in patched:
+            module._forward_pre_hooks, module._forward_hooks = pre_hooks, hooks
             if previous is None:
                 del module.forward
             else:

@@ -138,7 +138,9 @@ class LocalThresholds:
     """Limits on each module's error against the noise floor (``precision/local.py`` defines them).
 
     ``floor_atol`` is the absolute allowance per element that keeps a zero floor (exact
-    modules, fp32) from making every last-bit difference a failure.
+    modules) from making every last-bit difference a failure; ``floor_rtol`` the allowance
+    relative to the output's norm for a precision whose floor rounds less than other
+    implementations of it do (fp32, whose floor is the reference's own rounding).
     """
 
     max_local_floor_ratio: float = _number(1.0)
@@ -146,6 +148,7 @@ class LocalThresholds:
     max_local_relative_l2_error: float = _number(0.0)
     max_accumulated_floor_ratio: float = _number(1.0)
     floor_atol: float = _number(0.0, finite="an infinite allowance would pass every module")
+    floor_rtol: float = _number(0.0, finite="an infinite allowance would pass every module")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _EAGER_RE = re.compile(r"(?P<dev>cpu|(?:cuda|npu):\d+)(?::(?P<dtype>fp16|bf16))?(?P<force>:force)?")
 FORCE = "force"
 # The CPU emulation of each eager precision: the floor (precision/floor.py).
-_FLOORS = {("fp32", False): "fp32", ("fp16", False): "autocast_fp16", ("bf16", False): "autocast_bf16",
+_FLOORS = {("fp32", False): "fp64", ("fp16", False): "autocast_fp16", ("bf16", False): "autocast_bf16",
            ("fp16", True): "half"}
 _DEVICE_RE = re.compile(r"cpu|(?:cuda|npu):\d+")
 

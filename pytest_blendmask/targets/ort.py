@@ -24,7 +24,7 @@ _ORT_RE = re.compile(r"ort(?::(?P<opt>fp16|int8|cann|cuda))?")
 EXPORT_OPSET = 11
 # The CPU emulation of each graph precision: the floor (precision/floor.py). ONNX Runtime's
 # fp16 conversion turns every operator to fp16, as model.half() does.
-_FLOORS = {"fp32": "fp32", "fp16": "half", "int8": "int8"}
+_FLOORS = {"fp32": "fp64", "fp16": "half", "int8": "int8"}
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ def test_fault_fails_the_detection_gate(trained, fault, inject, module, kwargs, 
 
 
 # int8: ORT static PTQ of the same trained model, graph outputs against the fp32 reference.
-# Quantisation noise on `bases` (0.113) is as large as a 10 % fault, so this proves the
+# Quantisation noise on `bases` (0.083 here) is nearly as large as a 10 % fault, so this proves the
 # per-output limits and overrides of [precision.tensor.int8] still tell the two apart.
 INT8 = parse_target("ort:int8")
 INT8_CASES = [

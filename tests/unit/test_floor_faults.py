@@ -154,7 +154,8 @@ def scaled(name, factor, reference=None, tmp_path=None):
 
 
 def modules_of(error):
-    """The modules a ``ModuleError`` speaks for: its own and, in a compiled graph, those fused with it."""
+    """The modules a ``ModuleError`` speaks for: its own and, in a compiled graph, those fused into or
+    returning its tensor."""
     return {error.module, *(entry.split("#")[0] for entry in error.covers)}
 
 
@@ -172,12 +173,11 @@ def test_a_scaled_module_fails_the_floor_gates_and_is_named_local(setup, spec, m
     assert module in modules_of(named), localisation.detail
     failed = [v for v in (evaluate(g, comparison, THRESHOLDS.local[target.precision]) for g in FLOOR_GATES) if not v.passed]
     assert failed and failed[0].detail.startswith(f"LOCAL at {named.name}")
-    # Each gate that fails does so at an output of the faulty module; the standard fails too where
-    # the fault is over it (0.02 > 0.01 under fp16, 0.05 > 0.04 under bf16). Under int8 the gain
-    # error always does, the others where the fault stands out of that module's noise.
-    gates = [v.gate for v in failed]
-    assert LOCAL_GAIN in gates if spec in GAIN_ONLY else gates == list(FLOOR_GATES)
-    assert all(module in modules_of(comparison.by_name()[v.layer]) for v in failed)
+    # Each gate fails at an output of the faulty module; the standard too where the fault is over
+    # it (0.02 > 0.01 under fp16, 0.05 > 0.04 under bf16). Under int8 the gain error does; the
+    # others may not stand out of the noise there, or see the drift first further down.
+    at_fault = [v.gate for v in failed if module in modules_of(comparison.by_name()[v.layer])]
+    assert LOCAL_GAIN in at_fault if spec in GAIN_ONLY else at_fault == [v.gate for v in failed] == list(FLOOR_GATES)
 
 
 def _bilinear_top_down(fpn):

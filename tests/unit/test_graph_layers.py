@@ -69,9 +69,9 @@ def test_fp32_local_errors_are_rounding_only_and_name_their_inputs(lite_export):
     errors = local_errors(graph, layer_tensors(graph, reference), reference, batch, "CPUExecutionProvider")
     assert len(errors) > 100 and max(e.relative_error for e in errors) < 1e-5
     by_name = {e.name: e for e in errors}
-    # conv1 and its norm share one tensor: one error, named after the norm that computed it last,
-    # covering conv1, which returns it.
-    assert by_name["backbone.bottom_up.stem.conv1.norm"].covers == ("backbone.bottom_up.stem.conv1",)
+    # conv1 and its norm share one tensor: one error, named after the norm that computed it last;
+    # conv1, which returns it, is its alias.
+    assert by_name["backbone.bottom_up.stem.conv1.norm"].aliases == ("backbone.bottom_up.stem.conv1",)
     assert by_name["backbone.bottom_up.res2.0.conv2.norm"].inputs == ("backbone.bottom_up.res2.0.conv1.norm",)
 
 

@@ -14,7 +14,7 @@ from pytest_blendmask.precision.replay import LocalError, deviation
 from pytest_blendmask.precision.thresholds import LocalThresholds, load_thresholds
 
 LIMITS = LocalThresholds(max_local_floor_ratio=3.0, max_local_gain_error=0.005, max_local_relative_l2_error=0.05,
-                         max_accumulated_floor_ratio=3.0, floor_atol=1e-5)
+                         max_accumulated_floor_ratio=3.0, floor_atol=1e-5, floor_rtol=0.0)
 TENSOR = load_thresholds().tensor["fp16"]
 NUMEL = 100
 

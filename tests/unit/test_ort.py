@@ -13,6 +13,7 @@ import torch
 from pytest_blendmask.atc.export import export_onnx, load_checked
 from pytest_blendmask.atc.ort import (
     CPU_PROVIDER,
+    INT8_RECIPE,
     OrtProviderError,
     SyntheticCalibrationReader,
     build_ort_runner,
@@ -93,7 +94,7 @@ def test_fp16_runner_is_half_the_size_and_close(lite_onnx, two_image_batch, refe
 def test_int8_runner_quantizes_convolutions_calibrated_on_synthetic_images(trained_lite, two_image_batch, onnx_cache):
     exported = export_onnx(trained_lite, IMAGE_HW, opset=11, cache_dir=onnx_cache)
     runner = build_ort_runner(exported, "int8", model=trained_lite, calibration_images=CALIBRATION_IMAGES)
-    assert runner.model_path.name.endswith(f".int8-qdq-conv-minmax-n{CALIBRATION_IMAGES}-s1.onnx")
+    assert runner.model_path.name.endswith(f".int8-{INT8_RECIPE}-n{CALIBRATION_IMAGES}-s1.onnx")
     proto = load_checked(runner.model_path)
     assert len(nodes_of_type(proto, "QuantizeLinear")) > 0 and len(nodes_of_type(proto, "DequantizeLinear")) > 0
     assert runner.model_path.stat().st_size < 0.4 * exported.path.stat().st_size

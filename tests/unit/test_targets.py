@@ -277,7 +277,7 @@ def test_to_device_refuses_other_kinds() -> None:
 
 
 @pytest.mark.parametrize(("text", "floor", "autocast"), [
-    ("cpu", "fp32", "fp32"), ("cpu:fp16", "autocast_fp16", "fp16"), ("cpu:bf16", "autocast_bf16", "bf16"),
+    ("cpu", "fp64", "fp32"), ("cpu:fp16", "autocast_fp16", "fp16"), ("cpu:bf16", "autocast_bf16", "bf16"),
     ("cpu:fp16:force", "half", "fp32"),
 ])
 def test_an_eager_target_names_the_emulation_of_its_floor(text: str, floor: str, autocast: str) -> None:
@@ -298,6 +298,6 @@ def test_a_forced_target_runs_every_operator_of_its_copy_in_fp16_and_leaves_the_
 
 
 def test_graph_targets_are_held_to_the_floor_of_their_precision() -> None:
-    assert [parse_target(spec).floor for spec in ("ort", "ort:fp16", "ort:int8")] == ["fp32", "half", "int8"]
+    assert [parse_target(spec).floor for spec in ("ort", "ort:fp16", "ort:int8")] == ["fp64", "half", "int8"]
     om = parse_target("om")
     assert om.floor is None and om.local_errors(object(), None, None, None, None) is None
