@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pytest_blendmask.settings import MODEL_NAMES, SEED, Settings, thresholds_path, weights_path
+from pytest_blendmask.settings import MODEL_NAMES, SEED, Settings, describe_dataset, thresholds_path, weights_path
 from pytest_blendmask.targets import Target, npu_environment, probe_torch_npu
 
 NOT_FOUND = "not found"
@@ -118,5 +118,6 @@ def collect_environment(config: pytest.Config, settings: Settings, targets: list
         "devices": list(settings.devices),
         "xdist_workers": workers if isinstance(workers, int) else None,
         "thresholds": str(thresholds) if thresholds else None,
+        "data": describe_dataset(settings),
         "model": model_info(settings),
     }

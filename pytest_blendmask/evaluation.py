@@ -5,6 +5,7 @@ what it found with the metrics of ``precision.accuracy``, which is why it sits a
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import ensure_split, load_split, read_image
+from .data import CalibrationSet, ensure_split, load_split, read_image
+from .data.dataset import CocoDataset, Letterboxed, dataset_calibration, load_images, to_original
 from .precision.accuracy import AccuracyResult, coco_ap, detections_to_coco
 from .targets import LoadContext, Runner, Target, parse_target
 
@@ -64,6 +66,7 @@ class SplitRun:
     coco: dict[str, Any]  # the split's annotations
     image_ids: list[int]
     run: ImagesRun
+    category_ids: tuple[int, ...] | None = None  # of each class id; class id + 1 when None (data.dataset.class_map)
 
 
 def run_split(
@@ -100,11 +103,53 @@ def run_split(
     return SplitRun(split.coco, [im["id"] for im in images], run_images(model, spec, runner, tensors, batch_size))
 
 
+@dataclass(frozen=True)
+class DatasetEval:
+    """``--bm-dataset`` made ready for the levels: its evaluation images (``CocoDataset.split``,
+    at most ``limit``), letterboxed to ``input_hw`` with the model's pixel mean as padding, and
+    the category id of each model class (``class_map``)."""
+
+    dataset: CocoDataset
+    input_hw: tuple[int, int]
+    category_ids: tuple[int, ...] | None
+    limit: int | None = None
+    pad_bgr: tuple[float, ...] = (0.0, 0.0, 0.0)
+
+    @property
+    def images(self) -> tuple[dict[str, Any], ...]:
+        """The evaluation images' entries, in image-id order."""
+        return self.dataset.split(self.limit)[1]
+
+    def letterboxed(self, count: int | None = None) -> list[Letterboxed]:
+        """The first ``count`` evaluation images (all when None), letterboxed."""
+        return load_images(self.dataset, self.images[:count], self.input_hw, self.pad_bgr)
+
+    def calibration(self) -> CalibrationSet:
+        """The dataset's calibration images, which int8 targets and their floor share."""
+        return dataset_calibration(self.dataset, self.pad_bgr)
+
+
+def run_dataset(model: nn.Module, target: Target, data: DatasetEval, runner: Runner | None,
+                limit: int | None = None, batch_size: int = 4) -> SplitRun:
+    """Run ``target`` over the first ``limit`` evaluation images of ``data`` (all when None), letterboxed,
+    with the detections mapped back to each image's own pixels (``to_original``), where its ground truth is."""
+    boxed = data.letterboxed(limit)
+    run = run_images(model, target, runner, [b.image for b in boxed], batch_size)
+
+    def original(found: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        return [to_original(d, b.content_hw, b.original_hw) for d, b in zip(found, boxed)]
+
+    detections = original(run.detections)
+    host = detections if run.host_detections is run.detections else original(run.host_detections)
+    return SplitRun(data.dataset.coco, [im["id"] for im in data.images[: len(boxed)]],
+                    dataclasses.replace(run, detections=detections, host_detections=host), data.category_ids)
+
+
 def score(run: SplitRun) -> AccuracyResult:
     """COCO box and mask AP of a ``SplitRun``'s detections (the target's whole pipeline)."""
     results: list[dict[str, Any]] = []
     for image_id, dets in zip(run.image_ids, run.run.detections):
-        results += detections_to_coco(dets, image_id)
+        results += detections_to_coco(dets, image_id, category_ids=run.category_ids)
     bbox = coco_ap(run.coco, results, "bbox", run.image_ids)
     segm = coco_ap(run.coco, results, "segm", run.image_ids)
     return AccuracyResult(

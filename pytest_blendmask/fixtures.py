@@ -23,6 +23,8 @@ from pytest_blendmask.targets import LoadContext, Target, auto_targets, probe_to
 if TYPE_CHECKING:
     import torch
 
+    from pytest_blendmask.data import CalibrationSet
+    from pytest_blendmask.evaluation import DatasetEval
     from pytest_blendmask.perf.grid import GridPoint, GridSpec
     from pytest_blendmask.perf.ladder import PerfPoint
     from pytest_blendmask.perf.workload import TimedModel
@@ -31,12 +33,16 @@ settings_key = pytest.StashKey[Settings]()
 thresholds_key = pytest.StashKey[Thresholds]()
 targets_key = pytest.StashKey["list[Target]"]()
 factory_model_key = pytest.StashKey[Any]()  # a --bm-model module:factory model, built and checked at session start
+class_map_key = pytest.StashKey["tuple[int, ...] | None"]()  # --bm-dataset's category id of each class, checked at session start
 
 SAMPLE_IMAGES = 2  # two images, so that code mixing up per-image results shows it
 # The detection level's images: the sample batch's and the next, the evaluation split's
 # first 10 at its size, where the detection limits were measured.
 DETECTION_IMAGES = 10
 ACCURACY_IMAGES = 50  # the first 50 of the 200-image evaluation split: AP to about +-1 point, ~1 min per target on 2 cores
+# With --bm-dataset the same levels take its evaluation images instead (data/dataset.py): the
+# sample batch its first two, the detection level its first ten, the AP level all of them
+# (--bm-dataset-limit); int8 targets and their floor calibrate on its first images.
 
 
 def chosen_targets(config: pytest.Config) -> list[Target]:
@@ -121,23 +127,61 @@ def dut_target(request: pytest.FixtureRequest) -> Target:
     return target
 
 
+def image_hw(settings: Settings) -> tuple[int, int]:
+    """The images' (H, W): --bm-input-size, else the model config's square size."""
+    from pytest_blendmask.model import get_config
+
+    return settings.input_size or (get_config(settings.model).input_size,) * 2
+
+
 def generated_images(settings: Settings, count: int) -> list[Any]:
     """The first ``count`` images (BGR, [3, H, W] uint8) of the evaluation distribution at --bm-input-size,
     so that a trained model detects something and the detection gates have pairs to compare."""
     import torch
 
     from pytest_blendmask.data import EVAL_SEED, generate_sample
-    from pytest_blendmask.model import get_config
 
-    height, width = settings.input_size or (get_config(settings.model).input_size,) * 2
-    samples = [generate_sample(EVAL_SEED, index, height, width) for index in range(count)]
+    samples = [generate_sample(EVAL_SEED, index, *image_hw(settings)) for index in range(count)]
     return [torch.from_numpy(s.image).permute(2, 0, 1).contiguous() for s in samples]
 
 
+def dataset_eval(config: pytest.Config, model: Any) -> DatasetEval | None:
+    """--bm-dataset ready for the levels (``evaluation.DatasetEval``); None without one."""
+    settings = config.stash[settings_key]
+    if settings.dataset is None:
+        return None
+    from pytest_blendmask.evaluation import DatasetEval
+
+    pad = tuple(getattr(model, "pixel_mean", (0.0, 0.0, 0.0)))  # padding normalises to ~0, as the batch's own
+    return DatasetEval(settings.dataset, image_hw(settings), config.stash.get(class_map_key, None),
+                       settings.dataset_limit, pad)
+
+
 @pytest.fixture(scope="session")
-def sample_batch(blendmask_model: Any, bm_settings: Settings) -> SampleBatch:
-    """The first two ``generated_images``, preprocessed by the model."""
-    images = generated_images(bm_settings, SAMPLE_IMAGES)
+def bm_dataset(pytestconfig: pytest.Config, blendmask_model: Any) -> DatasetEval | None:
+    """--bm-dataset's evaluation images, class map and calibration set (``evaluation.DatasetEval``); None without it."""
+    return dataset_eval(pytestconfig, blendmask_model)
+
+
+@pytest.fixture(scope="session")
+def calibration_set(bm_dataset: DatasetEval | None) -> CalibrationSet:
+    """The images int8 targets and their noise floor calibrate on: --bm-dataset's first ones, else synthetic."""
+    from pytest_blendmask.data import synthetic_calibration
+
+    return bm_dataset.calibration() if bm_dataset is not None else synthetic_calibration()
+
+
+def level_images(settings: Settings, data: DatasetEval | None, count: int) -> list[Any]:
+    """The first ``count`` images of the evaluation images: --bm-dataset's letterboxed, else ``generated_images``."""
+    if data is None:
+        return generated_images(settings, count)
+    return [boxed.image for boxed in data.letterboxed(count)]
+
+
+@pytest.fixture(scope="session")
+def sample_batch(blendmask_model: Any, bm_settings: Settings, bm_dataset: DatasetEval | None) -> SampleBatch:
+    """The first two evaluation images (``level_images``), preprocessed by the model."""
+    images = level_images(bm_settings, bm_dataset, SAMPLE_IMAGES)
     tensor, image_sizes = blendmask_model.preprocess(images)
     return SampleBatch(images, tensor, image_sizes)
 
@@ -251,14 +295,15 @@ def compiled_om(onnx_model: Any, bm_settings: Settings) -> Any:
 
 
 @pytest.fixture(scope="session")
-def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings: Settings) -> Callable[[Target], Any]:
+def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings: Settings,
+                    calibration_set: CalibrationSet) -> Callable[[Target], Any]:
     """``compiled_target(spec)`` -> the target's runner (batch -> raw tensors), built once: exported and compiled for ``ort*``/``om``, a device copy for eager targets."""
     cache: dict[str, Any] = {}
 
     def get(spec: Target) -> Any:
         if spec.id not in cache:
             context = LoadContext(tuple(sample_batch.tensor.shape[-2:]), bm_settings.soc_version,
-                                  deform_conv=bm_settings.deform_conv)
+                                  deform_conv=bm_settings.deform_conv, calibration=calibration_set)
             cache[spec.id] = spec.load(blendmask_model, context)
         return cache[spec.id]
 
@@ -266,16 +311,21 @@ def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings
 
 
 @pytest.fixture(scope="session")
-def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any]) -> Callable[..., Any]:
-    """``split_run(spec, limit=50)`` -> the target's ``SplitRun`` (its whole pipeline's detections, and the
-    host's decoding of its raw tensors) over the first ``limit`` evaluation images, computed once per target and limit."""
-    from pytest_blendmask.evaluation import run_split
+def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any], bm_dataset: DatasetEval | None) -> Callable[..., Any]:
+    """``split_run(spec, limit=None)`` -> the target's ``SplitRun`` (its whole pipeline's detections, and the
+    host's decoding of its raw tensors) over the first ``limit`` evaluation images (None: --bm-dataset's
+    evaluation images, else the synthetic split's first 50), computed once per target and limit."""
+    from pytest_blendmask.evaluation import run_dataset, run_split
 
     cache: dict[tuple[str, int | None], Any] = {}
 
-    def get(spec: Target, limit: int | None = ACCURACY_IMAGES) -> Any:
+    def get(spec: Target, limit: int | None = None) -> Any:
         if (spec.id, limit) not in cache:
-            cache[spec.id, limit] = run_split(blendmask_model, spec, limit=limit, runner=compiled_target(spec))
+            if bm_dataset is not None:
+                cache[spec.id, limit] = run_dataset(blendmask_model, spec, bm_dataset, compiled_target(spec), limit)
+            else:
+                cache[spec.id, limit] = run_split(blendmask_model, spec, limit=limit or ACCURACY_IMAGES,
+                                                  runner=compiled_target(spec))
         return cache[spec.id, limit]
 
     return get
@@ -283,12 +333,12 @@ def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any]) ->
 
 @pytest.fixture(scope="session")
 def coco_accuracy(split_run: Callable[..., Any]) -> Callable[..., Any]:
-    """``coco_accuracy(spec, limit=50)`` -> COCO box/mask AP of a target's ``split_run``, computed once per target and limit."""
+    """``coco_accuracy(spec, limit=None)`` -> COCO box/mask AP of a target's ``split_run``, computed once per target and limit."""
     from pytest_blendmask.evaluation import score
 
     cache: dict[tuple[str, int | None], Any] = {}
 
-    def get(spec: Target, limit: int | None = ACCURACY_IMAGES) -> Any:
+    def get(spec: Target, limit: int | None = None) -> Any:
         if (spec.id, limit) not in cache:
             cache[spec.id, limit] = score(split_run(spec, limit))
         return cache[spec.id, limit]
@@ -354,7 +404,7 @@ def tensor_comparison(target_run: Callable[[Target], Any], reference_target: Tar
 def floor_comparison(
     blendmask_model: Any, sample_batch: SampleBatch, compiled_target: Callable[[Target], Any],
     target_run: Callable[[Target], Any], reference_target: Target, tensor_comparison: Callable[[Target], Any],
-    thresholds: Thresholds,
+    thresholds: Thresholds, calibration_set: CalibrationSet,
 ) -> Callable[[Target], Any]:
     """``floor_comparison(spec)``: the target's ``LocalComparison`` (each module's local error and its
     accumulated error, against the noise floor of its precision), computed once per target, the floor once per
@@ -371,7 +421,7 @@ def floor_comparison(
             def floor() -> Any:
                 key = (spec.floor, spec.precision)
                 if key not in floors:
-                    floors[key] = target_floor(spec, blendmask_model, sample_batch.tensor, reference, thresholds)
+                    floors[key] = target_floor(spec, blendmask_model, sample_batch.tensor, reference, thresholds, calibration_set)
                 return floors[key]
 
             cache[spec.id] = against_its_floor(spec, compiled_target(spec), blendmask_model, sample_batch.tensor, reference,
@@ -382,12 +432,13 @@ def floor_comparison(
 
 
 @pytest.fixture(scope="session")
-def detection_run(blendmask_model: Any, bm_settings: Settings, compiled_target: Callable[[Target], Any]) -> Callable[[Target], Any]:
+def detection_run(blendmask_model: Any, bm_settings: Settings, bm_dataset: DatasetEval | None,
+                  compiled_target: Callable[[Target], Any]) -> Callable[[Target], Any]:
     """``detection_run(spec)`` -> the target's ``ImagesRun`` (its whole pipeline's detections, and the host's
     decoding of its raw tensors) of the detection images, two at a time, computed once per target."""
     from pytest_blendmask.evaluation import run_images
 
-    images = generated_images(bm_settings, DETECTION_IMAGES)
+    images = level_images(bm_settings, bm_dataset, DETECTION_IMAGES)
     cache: dict[str, Any] = {}
 
     def run(spec: Target) -> Any:

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atc.ort import DEFAULT_CALIBRATION_IMAGES, calibration_batches
+from .atc.ort import calibration_batches
+from .data.calibration import CalibrationSet
 from .precision.compare import ComparisonResult, compare
 from .precision.floor import Floor, measure_floor
 from .precision.local import LocalComparison, against_floor
@@ -27,15 +28,17 @@ def raw_forward(model: nn.Module, batch: torch.Tensor) -> Any:
 
 
 def target_floor(target: Target, reference: nn.Module, batch: torch.Tensor, reference_run: TargetRun,
-                 thresholds: Thresholds) -> Floor:
+                 thresholds: Thresholds, calibration_set: CalibrationSet | None = None) -> Floor:
     """The floor of ``target``'s precision (``target.floor``) for ``reference`` on ``batch``.
 
-    An int8 floor is calibrated the way the int8 target is (``atc/ort.py``: the synthetic
-    training images at the batch's size), never on the images it judges.
+    An int8 floor is calibrated the way the int8 target is (``atc/ort.py``'s
+    ``calibration_batches`` over ``calibration_set``, the one the target was loaded with:
+    the synthetic training images when None, else the calibration part of ``--bm-dataset``),
+    at the batch's size, never on the images it judges.
     """
     calibration = None
     if target.floor == "int8":
-        batches = calibration_batches(reference, tuple(batch.shape[-2:]), DEFAULT_CALIBRATION_IMAGES)
+        batches = calibration_batches(reference, tuple(batch.shape[-2:]), calibration_set)
         calibration = [torch.from_numpy(b) for b in batches]
     return measure_floor(reference, target.floor, raw_forward, batch, reference_run.dump,
                          thresholds.tensor[target.precision], calibration)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import pytest
 
 from pytest_blendmask.environment import collect_environment
-from pytest_blendmask.fixtures import chosen_targets, factory_model_key, settings_key, thresholds_key
+from pytest_blendmask.fixtures import chosen_targets, class_map_key, factory_model_key, settings_key, thresholds_key
 from pytest_blendmask.placement import group_perf_items, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import (
     OPTIONS,
+    check_dataset_classes,
     check_model_factory,
     describe_settings,
     option_help,
@@ -74,6 +75,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     factory_model = check_model_factory(config.stash[settings_key])
     if factory_model is not None:
         config.stash[factory_model_key] = factory_model
+    config.stash[class_map_key] = check_dataset_classes(config.stash[settings_key], factory_model)
     if hasattr(config, "workerinput") or config.option.collectonly:
         return  # workers forward their reports to the controller; --collect-only writes no report
     from pytest_blendmask.perf.timing import host_conditions  # imports torch

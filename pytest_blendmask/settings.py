@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +23,9 @@ from pytest_blendmask.perf.grid import GRID_NAMES
 from pytest_blendmask.precision.thresholds import Thresholds, ThresholdsError, load_thresholds
 from pytest_blendmask.results import FAMILIES
 from pytest_blendmask.targets import DEFORM_CONV_MODES, TARGET_FORMS, Target, parse_device, parse_target
+
+if TYPE_CHECKING:
+    from pytest_blendmask.data.dataset import CocoDataset
 
 # Mirrors pytest_blendmask.model.CONFIG_NAMES (a unit test keeps them equal): importing the
 # model package loads torch, which `pytest --help` must not do.
@@ -32,6 +35,7 @@ DUMP_MODES = ("full", "stats")
 SEED = 0  # model initialisation and synthetic inputs
 THRESHOLDS_FILE = "precision/thresholds_default.toml"
 SIZE_DIVISOR = 32  # the FPN's coarsest backbone stride: inputs are padded to a multiple of it
+DATASET_LIMIT = 50  # evaluation images of --bm-dataset: AP to about +-1 point, ~1 min per lite target on 2 cores
 
 # What --bm-require can demand: a test family (marker) or an accelerator type.
 REQUIRE_TAGS = (*FAMILIES, "npu", "cuda")
@@ -59,6 +63,8 @@ class Settings:
     require: tuple[str, ...] = ()  # families/devices whose skips fail the session
     perf_grid: str = "quick"  # quick: CI's 3-minute grid; full: the hardware run
     deform_conv: str = "auto"  # which deformable convolution eager targets run (ops/selection.py)
+    dataset: CocoDataset | None = None  # None: synthetic shapes; else the checked --bm-dataset
+    dataset_limit: int | None = DATASET_LIMIT  # evaluation images of --bm-dataset; None: all
 
 
 DEFAULTS = Settings()
@@ -175,6 +181,25 @@ def parse_deform_conv(text: str) -> str:
     return name
 
 
+def parse_dataset(text: str, base: Path) -> CocoDataset:
+    """A COCO-format dataset (``data/dataset.py``), loaded and checked: its errors name the file and the fix."""
+    from pytest_blendmask.data.dataset import load_dataset  # imports torch: only when a dataset is given
+
+    if not text.strip():
+        raise ValueError(f"expected a COCO annotation JSON or a folder holding annotations.json and images/; got {text!r}")
+    return load_dataset(base / Path(text.strip()).expanduser())
+
+
+def parse_dataset_limit(text: str) -> int | None:
+    """A positive number of evaluation images, or ``all`` (None)."""
+    name = text.strip().lower()
+    if name == "all":
+        return None
+    if not name.isdigit() or int(name) <= 0:
+        raise ValueError(f"expected a positive number of images or all; got {text!r}")
+    return int(name)
+
+
 @dataclass(frozen=True)
 class Option:
     """One ``--bm-<name>`` flag, its ``bm_<name>`` ini key, and how its value is parsed."""
@@ -238,6 +263,13 @@ OPTIONS = (
            "unless a probe finds it samples inexactly on the device/dtype, then the pure-PyTorch "
            "fallback), torchvision, or fallback (what a port without a kernel runs).",
            parse_deform_conv, metavar="auto|torchvision|fallback"),
+    Option("dataset", "COCO-format dataset: an annotation JSON (images in images/ beside it, or COCO's "
+           "<root>/<split>/ for <root>/annotations/instances_<split>.json, or beside it) or a folder holding "
+           "annotations.json and images/. Its first 8 images (by id) calibrate int8 targets, the rest are "
+           "evaluated (sample batch, detection and AP levels). Default: synthetic shapes.",
+           parse_dataset, takes_base=True, metavar="PATH"),
+    Option("dataset-limit", "Evaluation images of --bm-dataset (after its calibration images): a positive "
+           "number or all.", parse_dataset_limit, metavar="N|all"),
 )
 
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
@@ -286,6 +318,10 @@ def resolve_settings(config: pytest.Config) -> Settings:
         except ValueError as exc:
             raise pytest.UsageError(f"{option.flag}: {exc} ({source})") from None
     settings = Settings(**values)
+    if "dataset_limit" in values and settings.dataset is None:
+        limit, dataset = OPTIONS_BY_FIELD["dataset_limit"], OPTIONS_BY_FIELD["dataset"]
+        raise pytest.UsageError(f"{limit.flag}: applies to {dataset.flag} only; give {dataset.flag} PATH "
+                                f"(or ini {dataset.ini}), or drop {limit.flag} (ini {limit.ini})")
     if settings.model not in MODEL_NAMES and settings.input_size is None:
         # A user's factory has no config to take the default size from.
         size, model = OPTIONS_BY_FIELD["input_size"], OPTIONS_BY_FIELD["model"]
@@ -341,6 +377,32 @@ def check_model_factory(settings: Settings) -> Any:
     return model
 
 
+def check_dataset_classes(settings: Settings, factory_model: Any) -> tuple[int, ...] | None:
+    """The category id of each model class for --bm-dataset (``data.dataset.class_map``); None
+    without a dataset, or for a model without ``class_names`` (its detection and AP levels skip).
+
+    At session start, like ``check_model_factory``: a dataset whose classes are not the model's
+    is a usage error naming both.
+    """
+    if settings.dataset is None:
+        return None
+    from pytest_blendmask.data.dataset import DatasetError, class_map
+
+    if factory_model is None:
+        from pytest_blendmask.model.configs import get_config
+
+        config = get_config(settings.model)
+        names, ids = config.class_names, config.category_ids
+    elif hasattr(factory_model, "class_names"):
+        names, ids = factory_model.class_names, getattr(factory_model, "category_ids", None)
+    else:
+        return None
+    try:
+        return class_map(settings.dataset, names, ids)
+    except DatasetError as exc:
+        raise pytest.UsageError(f"{OPTIONS_BY_FIELD['dataset'].flag}: {exc}") from None
+
+
 def describe_settings(settings: Settings) -> list[str]:
     """Report-header lines for the model, its weights, the reference and the thresholds."""
     weights = weights_path(settings)
@@ -353,4 +415,14 @@ def describe_settings(settings: Settings) -> list[str]:
         f"weights: {weights or no_weights}",
         f"reference: {settings.reference.id}",
         f"thresholds: {thresholds or no_thresholds}",
+        f"data: {describe_dataset(settings)}",
     ]
+
+
+def describe_dataset(settings: Settings) -> str:
+    """What the sample batch, the detection and AP levels and int8 calibration run on."""
+    if settings.dataset is None:
+        return "synthetic shapes (give --bm-dataset PATH for a COCO-format set)"
+    calibration, evaluation = settings.dataset.split(settings.dataset_limit)
+    return (f"{settings.dataset.annotations} ({len(settings.dataset.images)} images in {settings.dataset.image_dir}: "
+            f"{len(calibration)} calibrate, {len(evaluation)} evaluated)")

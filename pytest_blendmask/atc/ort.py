@@ -1,8 +1,8 @@
 """ONNX Runtime as the offline compiler, so that the atc gate runs on every machine.
 
 Graph optimisation (level ``all``, with the optimised model saved so the Conv+BN folding can be
-verified), fp16 conversion, int8 static post-training quantisation calibrated on synthetic
-images, and ``OrtRunner``: a callable batch -> raw tensors named like ``forward_raw``, which is
+verified), fp16 conversion, int8 static post-training quantisation calibrated on a ``CalibrationSet``
+(synthetic images, or the first images of ``--bm-dataset``), and ``OrtRunner``: a callable batch -> raw tensors named like ``forward_raw``, which is
 what the precision family compares.
 
 Providers are taken from ``onnxruntime.get_available_providers()``, never
@@ -28,7 +28,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
 
-from ..data import TRAIN_SEED, generate_sample
+from ..data.calibration import SYNTHETIC_CALIBRATION_IMAGES, CalibrationSet, synthetic_calibration
 from ..precision.dump import Dump
 from .export import INPUT_NAME, ExportedModel, load_checked, run_in_batches
 from .layers import LayerMap, exposed, layer_tensors
@@ -42,7 +42,7 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-DEFAULT_CALIBRATION_IMAGES = 8
+DEFAULT_CALIBRATION_IMAGES = SYNTHETIC_CALIBRATION_IMAGES
 PER_CHANNEL_MIN_OPSET = 13  # DequantizeLinear gained its per-channel axis in opset 13
 INT8_RECIPE = "qdq-conv-minmax-w7"  # in the cached file's name: change it when quantize_int8 changes
 
@@ -143,22 +143,22 @@ def convert_fp16(path: Path, out_path: Path) -> Path:
     return _replace_atomically(write, out_path)
 
 
-def calibration_batches(model: nn.Module, image_hw: tuple[int, int], count: int, seed: int = TRAIN_SEED) -> Iterator[np.ndarray]:
-    """``count`` synthetic BGR images of ``image_hw``, each preprocessed by ``model`` into a [1, 3, H, W] batch.
+def calibration_batches(model: nn.Module, image_hw: tuple[int, int], calibration: CalibrationSet | None = None) -> Iterator[np.ndarray]:
+    """The images of ``calibration`` at ``image_hw``, each preprocessed by ``model`` into a [1, 3, H, W] batch.
 
-    The training stream (``TRAIN_SEED``) by default: calibration must not see the evaluation images.
+    The synthetic training stream by default (``synthetic_calibration``): calibration must not
+    see the evaluation images.
     """
-    for index in range(count):
-        image = torch.from_numpy(generate_sample(seed, index, *image_hw).image).permute(2, 0, 1)
+    for image in (calibration or synthetic_calibration()).images(image_hw):
         batch, _ = model.preprocess([image])
         yield batch.numpy()
 
 
-class SyntheticCalibrationReader(CalibrationDataReader):
+class CalibrationReader(CalibrationDataReader):
     """onnxruntime's calibration reader over ``calibration_batches``."""
 
-    def __init__(self, model: nn.Module, image_hw: tuple[int, int], count: int = DEFAULT_CALIBRATION_IMAGES, seed: int = TRAIN_SEED, input_name: str = INPUT_NAME) -> None:
-        self._batches = calibration_batches(model, image_hw, count, seed)
+    def __init__(self, model: nn.Module, image_hw: tuple[int, int], calibration: CalibrationSet | None = None, input_name: str = INPUT_NAME) -> None:
+        self._batches = calibration_batches(model, image_hw, calibration)
         self._input_name = input_name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -283,11 +283,12 @@ class OrtRunner:
         return run_in_batches(self._run, batch, self.batch_limit)
 
 
-def compiled_model_path(exported: ExportedModel, precision: str, calibration_images: int = DEFAULT_CALIBRATION_IMAGES, seed: int = TRAIN_SEED) -> Path:
-    """Where the fp16/int8 derivative of ``exported`` is cached: next to it, named by what makes it."""
+def compiled_model_path(exported: ExportedModel, precision: str, calibration: CalibrationSet | None = None) -> Path:
+    """Where the fp16/int8 derivative of ``exported`` is cached: next to it, named by what makes it
+    (for int8 the recipe and the calibration set's name)."""
     if precision == "fp32":
         return exported.path
-    suffix = "fp16" if precision == "fp16" else f"int8-{INT8_RECIPE}-n{calibration_images}-s{seed}"
+    suffix = "fp16" if precision == "fp16" else f"int8-{INT8_RECIPE}-{(calibration or synthetic_calibration()).name}"
     return exported.path.with_name(f"{exported.path.stem}.{suffix}.onnx")
 
 
@@ -296,8 +297,7 @@ def build_ort_runner(
     precision: str = "fp32",
     provider: str = CPU_PROVIDER,
     model: nn.Module | None = None,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    seed: int = TRAIN_SEED,
+    calibration: CalibrationSet | None = None,
     provider_options: Mapping[str, str] | None = None,
 ) -> OrtRunner:
     """An ``OrtRunner`` for ``exported`` at ``precision`` on ``provider``, converting (and caching) as needed.
@@ -308,7 +308,7 @@ def build_ort_runner(
         provider: an ONNX Runtime execution provider name.
         model: the PyTorch model, whose ``preprocess`` prepares the int8 calibration images
             (required for int8 only).
-        calibration_images, seed: the int8 calibration set (synthetic training stream).
+        calibration: the int8 calibration set; the synthetic training stream when None.
         provider_options: passed to ``create_session``.
 
     Raises:
@@ -317,7 +317,7 @@ def build_ort_runner(
     """
     if precision not in ORT_PRECISIONS:
         raise ValueError(f"precision: expected one of {ORT_PRECISIONS}; got {precision!r}")
-    path = compiled_model_path(exported, precision, calibration_images, seed)
+    path = compiled_model_path(exported, precision, calibration)
     if path.exists():
         load_checked(path)
     elif precision == "fp16":
@@ -325,7 +325,6 @@ def build_ort_runner(
     elif precision == "int8":
         if model is None:
             raise ValueError("int8 needs the PyTorch model: its preprocess prepares the calibration images")
-        reader = SyntheticCalibrationReader(model, exported.input_shape[2:], calibration_images, seed)
-        quantize_int8(exported.path, path, reader)
+        quantize_int8(exported.path, path, CalibrationReader(model, exported.input_shape[2:], calibration))
     session = create_session(path, provider, provider_options=provider_options)
     return OrtRunner(session, provider, precision, path, exported.batch_limit, exported.path)

@@ -2,8 +2,11 @@
 
 ``generate_sample`` makes one image (BGR uint8) and its instance masks from ``(seed, index)``;
 ``iter_samples`` streams training arrays in memory; ``ensure_split`` writes (once) and returns
-a cached COCO-format split, the evaluation set by default; ``load_split`` reads one back.
+a cached COCO-format split, the evaluation set by default; ``load_split`` reads one back;
+``synthetic_calibration`` is the default int8 calibration set (``calibration.py``). A user's
+COCO-format dataset is ``dataset.py`` (imported on its own: it loads torch).
 """
+from .calibration import CalibrationSet, synthetic_calibration
 from .coco import (
     ANNOTATIONS_FILE,
     EVAL_NUM_IMAGES,
@@ -34,6 +37,7 @@ from .synthetic import (
 
 __all__ = [
     "ANNOTATIONS_FILE",
+    "CalibrationSet",
     "CLASS_NAMES",
     "EVAL_NUM_IMAGES",
     "EVAL_SEED",
@@ -56,5 +60,6 @@ __all__ = [
     "load_split",
     "mask_to_box",
     "read_image",
+    "synthetic_calibration",
     "to_train_sample",
 ]

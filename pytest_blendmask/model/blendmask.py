@@ -43,6 +43,11 @@ class BlendMask(nn.Module):
         return self.cfg.class_names
 
     @property
+    def category_ids(self) -> tuple[int, ...]:
+        """The dataset category id of each class id (COCO's 1..90 with gaps; 1..6 for lite)."""
+        return self.cfg.category_ids
+
+    @property
     def pixel_mean(self) -> tuple[float, float, float]:
         return self.cfg.pixel_mean
 

@@ -10,6 +10,21 @@ from dataclasses import dataclass
 
 NORMS = ("frozen_bn", "bn", "gn")
 COCO_CLASS_COUNT = 80
+# COCO 2017's 80 thing categories in category-id order, and their ids (1..90, with gaps): the
+# classes the released weights detect, class id i being COCO category COCO_CATEGORY_IDS[i]
+# (detectron2's contiguous ids, which AdelaiDet's weights were trained with).
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
 SHAPE_CLASS_NAMES = ("circle", "square", "triangle", "star", "ring", "cross")
 
 
@@ -33,7 +48,8 @@ class ModelConfig:
     fpn_channels: int = 256
     top_levels: int = 2
     num_classes: int = COCO_CLASS_COUNT
-    class_names: tuple[str, ...] = tuple(f"class_{i}" for i in range(COCO_CLASS_COUNT))
+    class_names: tuple[str, ...] = COCO_CLASS_NAMES
+    category_ids: tuple[int, ...] = COCO_CATEGORY_IDS  # the dataset category id of each class id
     head_convs: int = 4  # convs of the cls tower and of the box tower each
     share_convs: int = 0  # convs of the tower both read, run first
     gn_groups: int = 32
@@ -118,6 +134,7 @@ _CONFIGS = {
         fpn_channels=64,
         num_classes=len(SHAPE_CLASS_NAMES),
         class_names=SHAPE_CLASS_NAMES,
+        category_ids=tuple(range(1, len(SHAPE_CLASS_NAMES) + 1)),  # data/coco.py category_id
         head_convs=2,
         gn_groups=16,
         basis_channels=64,

@@ -49,7 +49,8 @@ class AccuracyResult:
 
 
 def detections_to_coco(
-    dets: dict[str, Tensor], image_id: int, max_dets: int = MAX_DETS_PER_IMAGE
+    dets: dict[str, Tensor], image_id: int, max_dets: int = MAX_DETS_PER_IMAGE,
+    category_ids: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO result entries of one image's detections, the ``max_dets`` highest-scoring ones.
 
@@ -60,9 +61,11 @@ def detections_to_coco(
         dets: ``boxes`` Tensor[M, 4] xyxy in image pixels, ``scores`` Tensor[M],
             ``classes`` Tensor[M] 0-based class ids, ``masks`` bool Tensor[M, H, W].
         image_id: the COCO image id.
+        category_ids: the category id of each class id (``data.dataset.class_map``); class
+            id + 1 (the synthetic splits' ids) when None.
 
     Returns:
-        list[dict]: ``image_id``, ``category_id`` (class id + 1), ``bbox`` [x, y, w, h] with
+        list[dict]: ``image_id``, ``category_id``, ``bbox`` [x, y, w, h] with
         w = x2 - x1 and h = y2 - y1, ``score``, ``segmentation`` (compressed RLE), best first.
     """
     # Stable sort: equal scores keep the model's order, so the cut is deterministic.
@@ -76,7 +79,7 @@ def detections_to_coco(
         x1, y1, x2, y2 = box
         results.append({
             "image_id": image_id,
-            "category_id": category_id(int(cls)),
+            "category_id": category_id(int(cls)) if category_ids is None else int(category_ids[int(cls)]),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "score": score,
             "segmentation": encode_mask(mask),

@@ -150,6 +150,7 @@ def environment_rows(env: Mapping[str, Any]) -> list[list[str]]:
         ["Weights", model["weights"]],
         ["Weights SHA-256", model["weights_sha256"] or NONE_TEXT],
         ["Thresholds", env["thresholds"] or NONE_TEXT],
+        ["Data", env.get("data") or NONE_TEXT],  # absent from reports written before --bm-dataset
     ]
 
 

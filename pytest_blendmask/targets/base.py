@@ -37,6 +37,7 @@ from ..dtypes import Dtype
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
+    from ..data.calibration import CalibrationSet
     from ..precision.dump import Dump
     from ..precision.floor import Forward
     from ..precision.replay import LocalError
@@ -62,6 +63,7 @@ class LoadContext:
     soc_version: str = DEFAULT_SOC_VERSION
     cache_dir: Path | None = None  # the ONNX export cache; the default cache when None
     deform_conv: str = "auto"  # one of DEFORM_CONV_MODES; eager targets only
+    calibration: CalibrationSet | None = None  # int8 targets' calibration images; the synthetic set when None
 
 
 HOST_POSTPROCESSING = "host: the reference model's postprocess of the graph outputs, on the CPU in float32"

@@ -98,4 +98,5 @@ class OrtTarget(Target):
         from ..atc.ort import build_ort_runner
 
         exported = export_onnx(model, context.input_hw, opset=EXPORT_OPSET, dynamic_batch=True, cache_dir=context.cache_dir)
-        return build_ort_runner(exported, precision=self.dtype, provider=self.provider, model=model)
+        return build_ort_runner(exported, precision=self.dtype, provider=self.provider, model=model,
+                                calibration=context.calibration)

@@ -12,7 +12,7 @@ from pytest_blendmask.atc.export import OPSETS, export_onnx, load_checked, run_i
 from pytest_blendmask.atc.ort import CPU_PROVIDER, build_ort_runner, create_session, nodes_of_type, optimize_model
 from pytest_blendmask.model import build_model
 from pytest_blendmask.model.protocol import missing_for_detection
-from pytest_blendmask.evaluation import evaluate
+from pytest_blendmask.evaluation import evaluate, run_dataset, score
 from pytest_blendmask.gates import OUTPUT_PARITY, judge
 from pytest_blendmask.precision.compare import compare_outputs
 from pytest_blendmask.targets import parse_target
@@ -78,8 +78,9 @@ def test_aipp_folded_model_equals_pytorch_preprocessing(blendmask_model, sample_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_size_latency_and_accuracy(blendmask_model, sample_batch, onnx_model, coco_accuracy, thresholds, bm_record, precision):
-    runner = build_ort_runner(onnx_model, precision=precision, model=blendmask_model)
+def test_size_latency_and_accuracy(blendmask_model, sample_batch, onnx_model, coco_accuracy, bm_dataset, calibration_set,
+                                   thresholds, bm_record, precision):
+    runner = build_ort_runner(onnx_model, precision=precision, model=blendmask_model, calibration=calibration_set)
     one = sample_batch.tensor[:1]
     runner(one)  # warm-up: session initialisation is not inference
     start = time.perf_counter()
@@ -94,8 +95,12 @@ def test_size_latency_and_accuracy(blendmask_model, sample_batch, onnx_model, co
     fp32_reference_ap = coco_accuracy(parse_target("cpu"), AP_IMAGES)
     if fp32_reference_ap.bbox_AP < MEANINGFUL_AP:
         pytest.skip(f"PyTorch fp32 box AP {fp32_reference_ap.bbox_AP:.1f} < {MEANINGFUL_AP}: untrained weights, an AP drop says nothing")
-    result = evaluate(blendmask_model, parse_target(f"ort:{precision}" if precision != "fp32" else "ort"), limit=AP_IMAGES,
-                      run_raw=lambda batch: run_in_batches(runner, batch, onnx_model.batch_limit))
+    target = parse_target(f"ort:{precision}" if precision != "fp32" else "ort")
+    run_raw = lambda batch: run_in_batches(runner, batch, onnx_model.batch_limit)  # noqa: E731
+    if bm_dataset is not None:  # the images coco_accuracy scored the reference on
+        result = score(run_dataset(blendmask_model, target, bm_dataset, run_raw, AP_IMAGES))
+    else:
+        result = evaluate(blendmask_model, target, limit=AP_IMAGES, run_raw=run_raw)
     drop = fp32_reference_ap.bbox_AP - result.bbox_AP
     limit = thresholds.accuracy[precision].max_box_ap_drop
     bm_record("atc", f"ort:{precision}", "box_ap_drop", drop, limit, "AP points", drop <= limit, op="<=",

@@ -15,7 +15,7 @@ from pytest_blendmask.atc.ort import (
     CPU_PROVIDER,
     INT8_RECIPE,
     OrtProviderError,
-    SyntheticCalibrationReader,
+    CalibrationReader,
     build_ort_runner,
     compiled_model_path,
     cpu_fallback,
@@ -24,6 +24,7 @@ from pytest_blendmask.atc.ort import (
     optimize_model,
     with_intermediate_outputs,
 )
+from pytest_blendmask.data.calibration import synthetic_calibration
 from pytest_blendmask.model import build_model, load_weights
 from pytest_blendmask.settings import packaged_file
 
@@ -93,7 +94,7 @@ def test_fp16_runner_is_half_the_size_and_close(lite_onnx, two_image_batch, refe
 
 def test_int8_runner_quantizes_convolutions_calibrated_on_synthetic_images(trained_lite, two_image_batch, onnx_cache):
     exported = export_onnx(trained_lite, IMAGE_HW, opset=11, cache_dir=onnx_cache)
-    runner = build_ort_runner(exported, "int8", model=trained_lite, calibration_images=CALIBRATION_IMAGES)
+    runner = build_ort_runner(exported, "int8", model=trained_lite, calibration=synthetic_calibration(CALIBRATION_IMAGES))
     assert runner.model_path.name.endswith(f".int8-{INT8_RECIPE}-n{CALIBRATION_IMAGES}-s1.onnx")
     proto = load_checked(runner.model_path)
     assert len(nodes_of_type(proto, "QuantizeLinear")) > 0 and len(nodes_of_type(proto, "DequantizeLinear")) > 0
@@ -123,7 +124,7 @@ def test_converted_model_is_reused_from_the_cache(lite_onnx):
 
 
 def test_calibration_reader_yields_preprocessed_training_images_then_stops(lite_model):
-    reader = SyntheticCalibrationReader(lite_model, IMAGE_HW, count=2)
+    reader = CalibrationReader(lite_model, IMAGE_HW, synthetic_calibration(2))
     feeds = [reader.get_next(), reader.get_next()]
     assert reader.get_next() is None
     for feed in feeds:
