@@ -1,16 +1,9 @@
-"""What holding a target to its noise floor costs (issue 10): the floor gates against the tensor level.
+"""What holding a target to its noise floor costs (issue 10), for the biggest model the issue sizes.
 
-Two budgets, as CPU-time ratios measured in one run (wall times on a shared 2-core machine
-swing 2-10x; CPU seconds much less):
-
-- the floor gates of a session target (floor emulation: replay and a whole forward; the
-  target's local errors; its per-layer comparison) add at most as much as the tensor level
-  they sit on costs (the reference's and the target's dumped runs, their comparison):
-  ``pytest -m precision`` at most 2x its time without them, where the tensor level is the
-  only level they add to;
-- the whole tensor gate of R_50 at 640x640 (capture, replay, floor, compare) on ``cpu:bf16``
-  at most 90 s, held as 36 plain fp32 forwards of the same model and input (90 s against the
-  2.5 s forward of the machine the issue was sized on).
+The whole tensor gate of R_50 at 640x640 (capture, replay, floor, compare) on ``cpu:bf16`` at
+most 90 s, held as a CPU-time ratio measured in the same run (wall times on a shared 2-core
+machine swing 2-10x; CPU seconds much less): 36 plain fp32 forwards of the same model and
+input, 90 s against the 2.5 s forward of the machine the issue was sized on.
 """
 from __future__ import annotations
 
@@ -28,7 +21,6 @@ from pytest_blendmask.targets import LoadContext, parse_target
 
 pytestmark = pytest.mark.perf
 
-FLOOR_OVER_TENSOR_BUDGET = 1.0  # the floor adds at most the tensor level's own cost: 2x in all
 R_50_GATE_BUDGET_FORWARDS = 36  # 90 s / 2.5 s
 
 
@@ -51,21 +43,6 @@ def gate_costs(target, model, batch, sizes, thresholds, runner):
         thresholds, lambda: comparison,
     ))
     return tensor_s, floor_s, local
-
-
-def test_floor_gates_cost_at_most_the_tensor_level(benchmark, dut_target, blendmask_model, sample_batch, compiled_target,
-                                                  thresholds):
-    if dut_target.floor is None:
-        pytest.skip(f"{dut_target.id} has no noise floor")
-    runner = compiled_target(dut_target)
-    tensor_s, floor_s, local = benchmark.pedantic(
-        gate_costs, args=(dut_target, blendmask_model, sample_batch.tensor, sample_batch.image_sizes, thresholds, runner),
-        rounds=1, iterations=1,
-    )
-    ratio = floor_s / tensor_s
-    benchmark.extra_info.update(target=dut_target.id, tensor_level_cpu_s=round(tensor_s, 2), floor_gates_cpu_s=round(floor_s, 2),
-                                floor_over_tensor=round(ratio, 3), budget=FLOOR_OVER_TENSOR_BUDGET, modules=len(local.modules))
-    assert ratio <= FLOOR_OVER_TENSOR_BUDGET, f"floor gates {floor_s:.1f} s of CPU against the tensor level's {tensor_s:.1f} s"
 
 
 @pytest.mark.slow
