@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -369,15 +372,27 @@ def target_run(
     pytestconfig: pytest.Config, blendmask_model: Any, sample_batch: SampleBatch,
     compiled_target: Callable[[Target], Any], reference_target: Target, bm_settings: Settings,
 ) -> Callable[[Target], Any]:
-    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target; its dump goes to --bm-dump-dir."""
+    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target; its dump goes to
+    --bm-dump-dir, streamed to disk while the forward runs."""
     cache: dict[str, Any] = {}
 
     def run(spec: Target) -> Any:
         if spec.id not in cache:
             runner = compiled_target(spec)
-            cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes, runner=runner)
-            if bm_settings.dump_dir is not None:
-                save_run_dump(pytestconfig, cache[spec.id], reference_target, sample_batch)
+            if bm_settings.dump_dir is None:
+                cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes, runner=runner)
+            else:
+                # Tensors go to disk as the forward makes them (DumpCollector's spill_dir), so a big
+                # model's full dump is never all in memory; the folder goes once the dump is written
+                # in msprobe's layout (on POSIX the memory maps keep the data until they are dropped).
+                bm_settings.dump_dir.mkdir(parents=True, exist_ok=True)
+                spill = Path(tempfile.mkdtemp(prefix=".spill-", dir=bm_settings.dump_dir))
+                try:
+                    cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes,
+                                              runner=runner, spill_dir=spill)
+                    save_run_dump(pytestconfig, cache[spec.id], reference_target, sample_batch)
+                finally:
+                    shutil.rmtree(spill, ignore_errors=True)
         return cache[spec.id]
 
     return run

@@ -19,13 +19,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from .dump import Dump, DumpEntry, dump_from_outputs
-from .metrics import TensorMetrics, tensor_metrics
+from .metrics import TensorMetrics, metrics_of_pairs
 from .thresholds import Limit, TensorThresholds
 
 MEAN_KEY = "max_mean_relative_l2_error"
@@ -107,9 +106,8 @@ def _all_metrics(pairs: list[tuple[DumpEntry, DumpEntry]], workers: int) -> list
     for ref, dut in pairs:
         if ref.shape == dut.shape:
             distinct.setdefault((id(ref.data), id(dut.data)), (ref, dut))
-    # numpy releases the GIL inside its loops, so threads overlap the per-layer passes.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = dict(zip(distinct, pool.map(lambda p: tensor_metrics(p[1].data, p[0].data), distinct.values())))
+    computed = metrics_of_pairs([(dut.data, ref.data) for ref, dut in distinct.values()], workers)
+    results = dict(zip(distinct, computed))
     return [results.get((id(ref.data), id(dut.data))) for ref, dut in pairs]
 
 

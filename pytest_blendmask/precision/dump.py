@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -126,11 +126,12 @@ class Dump:
         entries = tuple(replace(e, data=None, recorded_stats=e.stats) for e in self.entries)
         return Dump("stats", entries)
 
-    def save(self, directory: Path | str, files: Sequence[str] | None = None,
+    def save(self, directory: Path | str, files: Sequence[str | None] | None = None,
              header: Mapping[str, Any] | None = None) -> Path:
         """Write ``index.json`` and one ``.npy`` per distinct tensor; returns the index path.
 
-        Entries that share a copy (module doc) share a file. ``stats`` dumps write the
+        Entries that share a copy (module doc) share a file, and the same ``tensor`` number
+        in the index (``load`` shares it again, also where ``files`` gives each its own). ``stats`` dumps write the
         index only. ``files`` names, per entry in order, its tensor file already written under
         ``directory`` (the msprobe export's ``.pt`` files): the index refers to those and no
         ``.npy`` is written, so a folder holds each tensor once. ``header`` adds fields to
@@ -139,10 +140,13 @@ class Dump:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written: dict[int, str] = {}
+        tensors: dict[int, int] = {}
         rows = []
         for position, entry in enumerate(self.entries):
             row = {k: v for k, v in asdict(entry).items() if k not in ("data", "recorded_stats")}
             row["stats"] = asdict(entry.stats)
+            if entry.data is not None:
+                row["tensor"] = tensors.setdefault(id(entry.data), len(tensors))
             if entry.data is not None and files is not None:
                 row["file"] = files[position]
             elif entry.data is not None:
@@ -159,7 +163,7 @@ class Dump:
 
     @classmethod
     def load(cls, directory: Path | str) -> Dump:
-        """Read a dump written by ``save``; entries that shared a file share a tensor again.
+        """Read a dump written by ``save``; entries that shared a tensor share one again.
         Fields of the index other than the entries and the mode (``save``'s ``header``) are not read."""
         path = Path(directory) / INDEX_FILE
         index = json.loads(path.read_text(encoding="utf-8"))
@@ -168,24 +172,26 @@ class Dump:
                 f"{path}: not a {INDEX_FORMAT} index version {INDEX_VERSION} "
                 f"(format {index.get('format')!r}, version {index.get('version')!r})"
             )
-        tensors: dict[str, Tensor] = {}
+        tensors: dict[Any, Tensor] = {}
         entries = []
         for row in index["entries"]:
             filename = row.pop("file", None)
-            if filename is not None and filename not in tensors:
-                tensors[filename] = _load_tensor(path.parent / filename)
+            key = row.pop("tensor", filename)  # indexes before "tensor" existed: shared files share
+            if filename is not None and key not in tensors:
+                tensors[key] = _load_tensor(path.parent / filename)
             stats, shape = TensorStats(**row.pop("stats")), tuple(row.pop("shape"))
-            data = tensors.get(filename) if filename is not None else None
+            data = tensors.get(key) if filename is not None else None
             entries.append(DumpEntry(**row, shape=shape, data=data, recorded_stats=stats))
         return cls(index["mode"], tuple(entries))
 
 
 def _load_tensor(path: Path) -> Tensor:
     """A saved tensor as CPU float32: our ``.npy`` copies, or msprobe's ``.pt`` files, which keep
-    the original dtype (widening fp16/bf16 back is exact)."""
+    the original dtype (widening fp16/bf16 back is exact). float32 files are memory-mapped, not
+    read: loading an R_50 forward's dump then costs nothing, and comparing it reads each page once."""
     if path.suffix == ".pt":
-        return torch.load(path, weights_only=True).float()
-    return torch.from_numpy(np.load(path))
+        return torch.load(path, weights_only=True, mmap=True).float()
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
 def flatten_output(output: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
@@ -260,8 +266,7 @@ class _Seen:
     payload: Tensor
 
 
-@dataclass(frozen=True)
-class _Record:
+class _Record(NamedTuple):  # a NamedTuple: built once per module output, in the forward's hot path
     module: str
     module_type: str
     call: int
@@ -277,9 +282,12 @@ class DumpCollector:
     Example::
 
         collector = DumpCollector(model, mode="full", exclude=["*.relu"])
-        with collector, torch.inference_mode():
+        with collector, torch.no_grad():
             model.forward_raw(batch)
         dump = collector.dump
+
+    Under ``no_grad`` (not ``inference_mode``) tensors keep version counters, so an output
+    that a container returns unchanged is shared with its child's entry for free.
 
     Args:
         model: the module whose submodules are hooked.
@@ -288,6 +296,12 @@ class DumpCollector:
             matches one of them and none of ``exclude``.
         exclude: fnmatch patterns of modules to skip.
         include_root: also record ``model`` itself, as ``<root>`` (module doc).
+        spill_dir: ``full`` mode only: write each copy to ``<spill_dir>/<n>.npy`` as it is
+            made and keep a copy-on-write memory map of the file instead of the copy, so the
+            dump holds no tensor in memory. Peak memory is then the forward's own plus the
+            largest single output's copy; the mapped pages are file-backed, and the kernel
+            drops them under pressure instead of swapping. The folder is created; the files
+            must outlive the dump (POSIX keeps a mapped file's data after it is deleted).
 
     The hooks are removed when the block exits, also when the forward raises; ``dump``
     then holds what was recorded up to the error.
@@ -300,14 +314,19 @@ class DumpCollector:
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
         include_root: bool = False,
+        spill_dir: Path | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}; got {mode!r}")
+        if spill_dir is not None and mode != "full":
+            raise ValueError(f"spill_dir: only a 'full' dump has tensors to write; got mode {mode!r}")
         self.model = model
         self.mode: Mode = mode
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.include_root = include_root
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        self._spilled = 0
         self._dump: Dump | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._records: list[_Record] = []
@@ -343,6 +362,8 @@ class DumpCollector:
 
     def __enter__(self) -> DumpCollector:
         self._records, self._calls, self._seen = [], Counter(), {}
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
         self._handles = [
             module.register_forward_hook(self._hook_for(name)) for name, module in self.selected_modules()
         ]
@@ -388,9 +409,17 @@ class DumpCollector:
         elif same_object and version is None and _same_contents(seen.payload, data):
             return seen.payload
         else:
-            payload = _cpu_float32_copy(data)
+            payload = self._spilled_copy(_cpu_float32_copy(data)) if self.spill_dir else _cpu_float32_copy(data)
         self._seen[id(t)] = _Seen(weakref.ref(t), version, payload)
         return payload
+
+    def _spilled_copy(self, copy: Tensor) -> Tensor:
+        """``copy`` written to the spill folder, returned as a memory map of the file."""
+        assert self.spill_dir is not None
+        path = self.spill_dir / f"{self._spilled:05d}.npy"
+        self._spilled += 1
+        np.save(path, copy.numpy())
+        return torch.from_numpy(np.load(path, mmap_mode="c"))
 
     def _finish(self) -> Dump:
         full = self.mode == "full"

@@ -74,7 +74,7 @@ class Emulation:
     def dump(self, floor_model: nn.Module, forward: Forward, batch: torch.Tensor) -> Dump:
         """The ``full`` dump of one whole forward of ``floor_model`` in this precision: the accumulated floor."""
         inputs = batch.to(self.cast) if self.cast is not None else batch
-        with DumpCollector(floor_model, mode="full") as collector, torch.inference_mode(), self.context()():
+        with DumpCollector(floor_model, mode="full") as collector, torch.no_grad(), self.context()():
             forward(floor_model, inputs)
         return collector.dump
 

@@ -150,11 +150,13 @@ class Target(ABC):
         """The target ready to run ``model``: exported, compiled or copied to its device."""
 
     def run(self, model: nn.Module, batch: Tensor, image_sizes: list[tuple[int, int]], *,
-            runner: Runner | None = None, dump_mode: str = "full") -> TargetRun:
+            runner: Runner | None = None, dump_mode: str = "full", spill_dir: Path | None = None) -> TargetRun:
         """Run ``batch``, dump it, and post-process on the host with ``model`` (the CPU reference's code).
 
         ``runner`` is the target already loaded (``load``); without it the target is loaded
-        for this one batch, at the batch's input size.
+        for this one batch, at the batch's input size. ``spill_dir``: where a layer-by-layer
+        ``full`` dump writes its tensors as they are made (``DumpCollector``); a compiled
+        target's few graph outputs stay in memory.
         """
         if runner is None:
             runner = self.load(model, LoadContext(tuple(batch.shape[-2:])))

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ..dtypes import Dtype, autocast
@@ -152,7 +153,7 @@ class EagerTarget(Target):
         return EagerRunner(device_model, self, apply_deform_conv(device_model, self.device, self.dtype, mode))
 
     def run(self, model: torch.nn.Module, batch: torch.Tensor, image_sizes: list[tuple[int, int]], *,
-            runner: EagerRunner | None = None, dump_mode: str = "full") -> TargetRun:
+            runner: EagerRunner | None = None, dump_mode: str = "full", spill_dir: Path | None = None) -> TargetRun:
         """``forward_raw`` of the device copy, dumped layer by layer, then its ``postprocess`` on the device.
 
         ``host_detections`` are ``model`` (the CPU reference)'s ``postprocess`` of the raw
@@ -162,8 +163,8 @@ class EagerTarget(Target):
 
         if runner is None:
             runner = self.load(model)
-        with DumpCollector(runner.model, mode=dump_mode) as collector:
-            device_raw = runner.forward(batch)
+        with DumpCollector(runner.model, mode=dump_mode, spill_dir=spill_dir) as collector:
+            device_raw = runner.forward(batch, versioned=True)
         raw = to_host(device_raw)
         return TargetRun(
             self, raw, collector.dump, runner.postprocess(device_raw, image_sizes), host_postprocess(model, raw, image_sizes),
@@ -198,12 +199,19 @@ class EagerRunner:
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return to_host(self.forward(batch))
 
-    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``forward_raw`` on the device, outputs left there."""
+    def forward(self, batch: torch.Tensor, *, versioned: bool = False) -> dict[str, torch.Tensor]:
+        """``forward_raw`` on the device, outputs left there.
+
+        ``versioned`` runs it under ``no_grad`` instead of ``inference_mode``: its tensors then
+        carry version counters, which let a ``DumpCollector`` share a container's unchanged
+        output with its child's entry instead of reducing or copying it again (29 % of lite's
+        entries; a stats dump went from 1.16x to 1.10x a plain forward).
+        """
         import torch
 
         device = torch.device(self.target.device)
-        with torch.inference_mode(), autocast(device.type, self.target.autocast_dtype):
+        grad_mode = torch.no_grad() if versioned else torch.inference_mode()
+        with grad_mode, autocast(device.type, self.target.autocast_dtype):
             return self.model.forward_raw(batch.to(device, torch.float16 if self.target.force else batch.dtype))
 
     def postprocess(self, device_raw: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]] | None:

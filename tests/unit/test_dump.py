@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,44 @@ def test_full_mode_copies_are_exact_and_shared_only_when_unchanged(grad_mode):
     assert torch.equal(entries["inplace.conv"].data, inner) and inner.min() < 0
     assert torch.equal(entries["inplace"].data, inner.relu())
     assert entries["inplace"].data is not entries["inplace.conv"].data
+
+
+def mapped_file(t: torch.Tensor) -> Path:
+    """The file whose memory map holds ``t``'s data (Linux: /proc/self/maps)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("no /proc/self/maps to tell a memory-mapped tensor from one in memory")
+    address = t.data_ptr()
+    for line in maps.read_text().splitlines():
+        span, *fields = line.split(maxsplit=5)
+        low, high = (int(bound, 16) for bound in span.split("-"))
+        if low <= address < high:
+            return Path(fields[4]) if len(fields) == 5 else Path()
+    raise AssertionError(f"address {address:#x} is in no mapping")
+
+
+@pytest.mark.parametrize("grad_mode", GRAD_MODES)
+def test_a_spilled_full_dump_writes_each_copy_while_the_forward_runs_and_holds_maps_of_them(tmp_path, grad_mode):
+    model, x = tiny()
+    on_disk_when_head_ran: list[int] = []
+    handle = model.head.register_forward_pre_hook(lambda *_: on_disk_when_head_ran.append(len(list(tmp_path.glob("*.npy")))))
+    spilled = record(model, x, grad_mode, spill_dir=tmp_path)
+    handle.remove()
+    in_memory = record(model, x, grad_mode)
+    # block.conv (shared by block), inplace.conv and inplace are on disk before the head first
+    # runs; its first call's two outputs before its second.
+    assert on_disk_when_head_ran == [3, 5]
+    assert spilled.names() == in_memory.names()
+    for kept, held in zip(spilled, in_memory):
+        assert torch.equal(kept.data, held.data), kept.name
+        assert mapped_file(kept.data).parent == tmp_path, kept.name
+    assert spilled.by_name()["block"].data is spilled.by_name()["block.conv"].data
+    assert len(list(tmp_path.glob("*.npy"))) == len({id(entry.data) for entry in spilled})
+
+
+def test_only_a_full_dump_spills():
+    with pytest.raises(ValueError, match="spill_dir: only a 'full' dump has tensors to write; got mode 'stats'"):
+        DumpCollector(Tiny(), mode="stats", spill_dir=Path("unused"))
 
 
 def test_stats_mode_keeps_statistics_only():
@@ -327,6 +366,8 @@ def test_target_dump_is_msprobes_tree_plus_our_index_over_the_same_tensor_files(
     loaded = Dump.load(folder)
     assert [(e.name, e.dtype, e.shape) for e in loaded] == [(e.name, e.dtype, e.shape) for e in dump]
     assert all(b.data.dtype == torch.float32 and torch.equal(a.data, b.data) for a, b in zip(dump, loaded))
+    # msprobe gets a file per entry; read back, entries that held one tensor hold one again (compared once).
+    assert loaded.by_name()["block"].data is loaded.by_name()["block.conv"].data
 
 
 def test_compiled_target_index_says_graph_outputs_and_the_reference_keeps_its_own(tmp_path):

@@ -130,9 +130,13 @@ def test_numpy_arrays_and_tensors_give_the_same_metrics():
     assert tensor_metrics(dut, ref) == tensor_metrics(torch.from_numpy(dut), torch.from_numpy(ref))
 
 
-def test_chunked_pass_agrees_with_direct_float64_formulas():
+@pytest.mark.parametrize("segment", [None, 2 * metrics._CHUNK + 7], ids=["one-segment", "segments-across-threads"])
+def test_chunked_pass_agrees_with_direct_float64_formulas(monkeypatch, segment):
     # Several chunks, a ragged tail, ReLU zeros in both tensors (the exclusion path) and a
-    # wide dynamic range; the expectations are written out directly in float64.
+    # wide dynamic range; the expectations are written out directly in float64. Split into
+    # segments (not on chunk boundaries) on two threads, the sums merge to the same numbers.
+    if segment is not None:
+        monkeypatch.setattr(metrics, "_SEGMENT", segment)
     generator = torch.Generator().manual_seed(0)
     n = 3 * metrics._CHUNK + 123
     ref = (torch.randn(n, generator=generator) * torch.logspace(-3, 3, n)).relu()
@@ -159,7 +163,8 @@ def test_chunked_pass_agrees_with_direct_float64_formulas():
         "five_thousandths_error_ratio": np.mean(rel < 0.005),
         "kl_divergence": float(np.sum(p * np.log(p / q))),
     }
-    computed = tensor_metrics(dut, ref)
+    computed, again = metrics.metrics_of_pairs([(dut, ref), (dut, ref)], workers=2)
+    assert computed == again
     assert computed.relative_numel == int(keep.sum())
     for name, value in expected.items():
         assert getattr(computed, name) == pytest.approx(value, rel=1e-9, abs=1e-15), name

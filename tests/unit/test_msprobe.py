@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,18 +22,12 @@ from pytest_blendmask.precision.dump_dir import folder_name, write_target_dump
 from pytest_blendmask.precision.msprobe import output_names
 from pytest_blendmask.precision.thresholds import load_thresholds
 from pytest_blendmask.targets import parse_target
+from tests.msprobe_support import run_msprobe_compare
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("cpu:bf16", "ort")  # an eager target (module outputs) and a compiled one (graph outputs)
 REFERENCE = "cpu"
 TOLERANCE = 1e-6  # msprobe prints Cosine to 6 decimals, MaxAbsErr to 12
-
-
-def msprobe_command() -> str | None:
-    """The ``msprobe`` of this interpreter's environment (CI runs the venv's pytest without
-    activating it), else the one on PATH."""
-    beside = Path(sys.executable).with_name("msprobe")
-    return str(beside) if beside.is_file() else shutil.which("msprobe")
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +55,17 @@ def test_a_suite_run_leaves_every_targets_dump_in_msprobes_layout(suite_dumps: P
         assert index["batch"] == {"name": "sample_batch", "images": 2, "shape": [2, 3, 128, 128]}
         assert (suite_dumps / index["msprobe_dump"]).is_file()
         assert index["golden"] is None or (suite_dumps / index["golden"]).is_file()
+        # msprobe wants a file per entry (it leaves out entries naming another's file); our index
+        # says which entries hold one tensor, so that reading the dump back compares it once.
         assert len(list((folder / "step0" / "rank0" / "dump_tensor_data").glob("*.pt"))) == len(index["entries"])
+        distinct = {entry["tensor"] for entry in index["entries"]}
+        assert len(distinct) < len(index["entries"]) if granularity == "module outputs" else len(distinct) == len(index["entries"])
 
 
 def msprobe_compare(target: Path, golden: Path, out: Path) -> dict[str, dict[str, str]]:
     """The README's ``msprobe compare -tp <target dump.json> -gp <golden dump.json> -o out``: the rows
     of its compare_result_<time>.csv, by NPU Name; skips where mindstudio-probe is not installed."""
-    msprobe = msprobe_command()
-    if msprobe is None:
-        pytest.skip(f"mindstudio-probe not installed (no msprobe beside {sys.executable} or on PATH): "
-                    "pip install -c constraints.txt -e '.[dev,msprobe]'")
-    command = [msprobe, "compare", "-tp", str(target), "-gp", str(golden), "-o", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
-    (path,) = out.glob("compare_result_*.csv")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with run_msprobe_compare(target, golden, out).open(newline="", encoding="utf-8") as handle:
         return {row["NPU Name"]: row for row in csv.DictReader(handle)}
 
 
