@@ -94,6 +94,14 @@ def model_info(settings: Settings) -> dict[str, Any]:
     }
 
 
+def environment_at_end(run: str, settings: Settings) -> dict[str, Any]:
+    """The environment known only when session ``run`` ends: which of the reference's results
+    came from the cache (``run_cache.reference_cache_use``)."""
+    from pytest_blendmask.run_cache import reference_cache_use  # imports torch, loaded by then
+
+    return {"reference_cache": reference_cache_use(run, settings)}
+
+
 def collect_environment(config: pytest.Config, settings: Settings, targets: list[Target]) -> dict[str, Any]:
     """The report's environment block."""
     thresholds = thresholds_path(settings)
