@@ -4,18 +4,20 @@ The ONNX export cache (``atc/export.py``) and the reference's result cache (``ru
 key on these, so that new weights, another config or an edited model source file never
 reuse what an older model produced.
 
-The code is the model's source closure: the file of every class in the MRO of every module
-of ``model.modules()``, and then every module those files import (function-local and relative
-imports included, read with ``ast``) within the same top-level package, transitively. A helper
-function in another file of the package (a deformable convolution in ``ops/``) thus counts
-as much as the ``nn.Module`` that calls it. The standard library, torch and torchvision are
-left out: their versions are part of each key instead.
+The code is the model's classes (every class in the MRO of every module of ``model.modules()``,
+with the functions each defines, by qualified name) and their source closure: the file of each
+class and of each of those functions, then every module those files import (function-local
+and relative imports included, read with ``ast``) within the same top-level package,
+transitively. A helper function in another file of the package (a deformable convolution in
+``ops/``) thus counts as much as the ``nn.Module`` that calls it. The standard library, torch
+and torchvision are left out: their versions are part of each key instead.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -74,9 +76,27 @@ def _imported(path: Path, name: str) -> set[str]:
     return found
 
 
+def _model_classes(model: nn.Module) -> list[type]:
+    """Every class in the MRO of every module of ``model``, outside the skipped libraries."""
+    classes = {cls for m in model.modules() for cls in type(m).__mro__}
+    return sorted((c for c in classes if not _skipped(c.__module__)), key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+
+def _methods(cls: type) -> dict[str, object]:
+    """The functions a class defines, static and class methods unwrapped: a method patched in from
+    elsewhere is a function of another module or name."""
+    found = {}
+    for name, value in vars(cls).items():
+        function = getattr(value, "__func__", value)
+        if inspect.isfunction(function):
+            found[name] = function
+    return found
+
+
 def model_source_files(model: nn.Module) -> dict[str, Path]:
     """Module name -> source file of the model's code (module docstring), in name order."""
-    pending = {cls.__module__ for m in model.modules() for cls in type(m).__mro__}
+    classes = _model_classes(model)
+    pending = {c.__module__ for c in classes} | {f.__module__ for c in classes for f in _methods(c).values()}
     files: dict[str, Path] = {}
     seen: set[str] = set()
     while pending:
@@ -94,8 +114,13 @@ def model_source_files(model: nn.Module) -> dict[str, Path]:
 
 
 def code_digest(model: nn.Module) -> str:
-    """SHA-256 over the model's source closure (``model_source_files``): each module's name and bytes."""
+    """SHA-256 over the model's classes and the functions each defines (by qualified name: another
+    class or a method patched in from the same file count too) and its source closure
+    (``model_source_files``: each module's name and bytes)."""
     digest = hashlib.sha256()
+    for cls in _model_classes(model):
+        methods = {name: f"{f.__module__}.{f.__qualname__}" for name, f in _methods(cls).items()}
+        digest.update(f"{cls.__module__}.{cls.__qualname__}|{sorted(methods.items())}|".encode())
     for name, path in model_source_files(model).items():
         digest.update(f"{name}|".encode())
         digest.update(path.read_bytes())
