@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import torch
-
 PAYLOAD = "payload.pt"
 MANIFEST = "manifest.json"
 DISTRIBUTION = "pytest-blendmask"
@@ -79,7 +77,7 @@ def canonical_key(key: Mapping[str, Any]) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
+    """Hex SHA-256 of a file, read in chunks (R_101 weights are ~200 MB)."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(_CHUNK):
@@ -161,12 +159,16 @@ class ResultCache:
         if actual_size != size or file_digest(payload) != checksum:
             raise _Stale(f"{PAYLOAD} is not what was written ({actual_size} bytes, {size} expected, or another "
                          "checksum): truncated or corrupt")
+        import torch  # here, not at module level: environment.py (loaded for `pytest --help`) uses file_digest
+
         try:
             return torch.load(payload, weights_only=False)  # our own pickle, checksum verified
         except Exception as exc:  # unpickling raises anything its classes raise (a class renamed since)
             raise _Stale(f"{PAYLOAD} does not load ({type(exc).__name__}: {exc})") from None
 
     def _store(self, entry: Path, text: str, value: Any) -> None:
+        import torch
+
         entry.mkdir(parents=True, exist_ok=True)
         (entry / MANIFEST).unlink(missing_ok=True)  # the entry is unfinished until the new manifest lands
         payload = entry / PAYLOAD
