@@ -13,9 +13,10 @@ Two scopes of ``result_cache.ResultCache``:
 
 Every key holds what decides the result: the model (config, weights, the source of its code
 and of this package, so that an edit invalidates without a version bump), the package,
-torch and torchvision versions, the CPU's instruction set (torch's kernels differ with it),
-the reference and the deformable convolution chosen, and the inputs (digests of the
-tensors, or of the files the images are read from); each caller adds the rest.
+torch and torchvision versions, the CPU's instruction set and torch's thread count (the
+kernels' rounding differs with both), the reference and the deformable convolution chosen,
+and the inputs (digests of the tensors, or of the files the images are read from); each
+caller adds the rest.
 """
 from __future__ import annotations
 
@@ -79,6 +80,8 @@ def common_key(model: nn.Module, settings: Settings) -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # CPU kernels split their sums by thread: 1 and 2 threads differ in the last bits.
+        "torch_threads": torch.get_num_threads(),
         "reference": settings.reference.id,
         "deform_conv": settings.deform_conv,
     }

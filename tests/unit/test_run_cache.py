@@ -63,7 +63,7 @@ def test_the_common_key_follows_weights_code_and_settings() -> None:
     assert common_key(edited, settings)["model_code"] != base["model_code"]
     assert common_key(model, Settings(reference=FP16))["reference"] != base["reference"]
     assert common_key(model, Settings(deform_conv="fallback"))["deform_conv"] != base["deform_conv"]
-    for part in ("package", "package_code", "torch", "torchvision", "cpu_capability"):
+    for part in ("package", "package_code", "torch", "torchvision", "cpu_capability", "torch_threads"):
         assert base[part]
 
 
