@@ -11,7 +11,6 @@ skips included.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Sequence
 
@@ -22,7 +21,6 @@ from pytest_blendmask.settings import REQUIRE_TAGS, Settings
 from pytest_blendmask.targets import Target
 
 _run_key = pytest.StashKey[str]()
-_threads_key = pytest.StashKey[int]()  # torch's own intra-op thread count in this worker
 PERF_MARKER = "perf"
 LEVEL_MARKER = "bm_level"
 # The level of a test without a bm_level marker: its family's. A precision test of a user's
@@ -62,21 +60,6 @@ def run_id(config: pytest.Config) -> str:
         if hasattr(config.option, "testrunuid"):  # xdist is loaded
             config.option.testrunuid = config.stash[_run_key]
     return config.stash[_run_key]
-
-
-def share_cores(item: pytest.Item) -> None:
-    """Under xdist, run a test that times nothing with ``cores // workers`` torch threads, so that the
-    workers do not oversubscribe the host (two workers of two threads each on two cores run slower
-    than one); a perf test keeps torch's own count, what a serial run times with. Nothing changes
-    without xdist, or where ``OMP_NUM_THREADS`` says how many threads to use."""
-    workers = getattr(item.config, "workerinput", {}).get("workercount")
-    if not workers or "OMP_NUM_THREADS" in os.environ:
-        return
-    import torch
-
-    own = item.config.stash.setdefault(_threads_key, torch.get_num_threads())
-    shared = max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(own if item.get_closest_marker(PERF_MARKER) is not None else min(own, shared))
 
 
 def _item_target(item: pytest.Item) -> Target | None:

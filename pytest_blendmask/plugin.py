@@ -12,7 +12,7 @@ import pytest
 from pytest_blendmask.cache_dir import remove_session_dir
 from pytest_blendmask.environment import collect_environment, environment_at_end
 from pytest_blendmask.fixtures import chosen_targets, class_map_key, factory_model_key, settings_key, thresholds_key
-from pytest_blendmask.placement import group_perf_items, run_id, share_cores, tag_items
+from pytest_blendmask.placement import group_perf_items, run_id, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import (
@@ -118,7 +118,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    share_cores(item)  # before the item's fixtures set up: the reference may be computed there
     for marker, target in _MARKER_TARGETS.items():
         if item.get_closest_marker(marker) is not None:
             reason = target.skip_reason()
