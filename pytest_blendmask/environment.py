@@ -8,7 +8,6 @@ same one the targets use) is the exception: its reason is the point.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pytest_blendmask.result_cache import file_digest
 from pytest_blendmask.settings import MODEL_NAMES, SEED, Settings, describe_dataset, thresholds_path, weights_path
 from pytest_blendmask.targets import Target, npu_environment, probe_torch_npu
 
@@ -28,7 +28,6 @@ DEFAULT_TOOLKIT_HOME = Path("/usr/local/Ascend/ascend-toolkit/latest")
 # Where CANN writes its version, most specific first; set_env.sh exports ASCEND_TOOLKIT_HOME.
 CANN_VERSION_FILES = ("version.info", "compiler/version.info", "runtime/version.info", "version.cfg")
 _VERSION_RE = re.compile(r"^\s*(?:version|toolkit_installed_version)\s*=\s*\[?([^\]:\s]+)", re.IGNORECASE | re.MULTILINE)
-_HASH_CHUNK = 1 << 20
 
 
 def distribution_version(name: str) -> str | None:
@@ -68,15 +67,6 @@ def torch_npu_info() -> dict[str, Any]:
     return {"version": distribution_version("torch-npu"), "available": reason is None, "reason": reason}
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (R_101 weights are ~200 MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_info(settings: Settings) -> dict[str, Any]:
     """The model's name, input size, layout and the weights' path and hash."""
     weights = weights_path(settings)
@@ -90,8 +80,16 @@ def model_info(settings: Settings) -> dict[str, Any]:
         "input_size": list(settings.input_size) if settings.input_size else None,
         "config": config,
         "weights": str(weights) if weights else f"random init (seed {SEED})",
-        "weights_sha256": sha256_of(weights) if weights and weights.is_file() else None,
+        "weights_sha256": file_digest(weights) if weights and weights.is_file() else None,
     }
+
+
+def environment_at_end(run: str, settings: Settings) -> dict[str, Any]:
+    """The environment known only when session ``run`` ends: which of the reference's results
+    came from the cache (``run_cache.reference_cache_use``)."""
+    from pytest_blendmask.run_cache import reference_cache_use  # imports torch, loaded by then
+
+    return {"reference_cache": reference_cache_use(run, settings)}
 
 
 def collect_environment(config: pytest.Config, settings: Settings, targets: list[Target]) -> dict[str, Any]:

@@ -5,9 +5,9 @@ torch and the model are imported inside the fixtures, so that loading the plugin
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pytest_blendmask.perf.grid import GridPoint, GridSpec
     from pytest_blendmask.perf.ladder import PerfPoint
     from pytest_blendmask.perf.workload import TimedModel
+    from pytest_blendmask.run_cache import RunCache
 
 settings_key = pytest.StashKey[Settings]()
 thresholds_key = pytest.StashKey[Thresholds]()
@@ -195,6 +196,40 @@ def thresholds(pytestconfig: pytest.Config) -> Thresholds:
     return pytestconfig.stash[thresholds_key]
 
 
+@pytest.fixture(scope="session")
+def run_cache(pytestconfig: pytest.Config, blendmask_model: Any, bm_settings: Settings) -> RunCache:
+    """Results on disk: the CPU reference's kept across runs (--bm-reference-cache), each device's shared by this session's xdist workers."""
+    from pytest_blendmask.run_cache import open_run_cache
+
+    return open_run_cache(blendmask_model, bm_settings, run_id(pytestconfig), workers_share=hasattr(pytestconfig, "workerinput"))
+
+
+def batch_key(batch: SampleBatch, settings: Settings) -> dict[str, Any]:
+    """The cache key parts of a run of ``batch``: its tensor, image sizes and the dump mode."""
+    from pytest_blendmask.run_cache import tensors_digest
+
+    return {"batch": tensors_digest([batch.tensor]), "image_sizes": [list(s) for s in batch.image_sizes],
+            "dump_mode": settings.dump_mode}
+
+
+def split_key(data: DatasetEval | None, limit: int | None) -> dict[str, Any]:
+    """The cache key parts of a ``split_run``: the files its images are read from (``--bm-dataset``'s
+    annotations and images with their letterbox, else the synthetic split's) and how many."""
+    from pytest_blendmask.run_cache import files_digest
+
+    if data is None:
+        from pytest_blendmask.data import ANNOTATIONS_FILE, ensure_split, load_split
+
+        root = ensure_split()
+        count = limit or ACCURACY_IMAGES
+        files = [root / ANNOTATIONS_FILE, *load_split(root).image_paths[:count]]
+        return {"split": root.name, "files": files_digest(files), "limit": count}
+    images = data.images[:limit]
+    files = [data.dataset.annotations, *(data.dataset.image_path(image) for image in images)]
+    return {"split": "dataset", "files": files_digest(files), "limit": limit, "input_hw": list(data.input_hw),
+            "pad_bgr": list(data.pad_bgr), "category_ids": data.category_ids and list(data.category_ids)}
+
+
 @pytest.fixture
 def bm_record(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
     """Record a gate's verdict for the reports; fails the test when the verdict is a failure.
@@ -314,36 +349,42 @@ def compiled_target(blendmask_model: Any, sample_batch: SampleBatch, bm_settings
 
 
 @pytest.fixture(scope="session")
-def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any], bm_dataset: DatasetEval | None) -> Callable[..., Any]:
+def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any], bm_dataset: DatasetEval | None,
+              run_cache: RunCache) -> Callable[..., Any]:
     """``split_run(spec, limit=None)`` -> the target's ``SplitRun`` (its whole pipeline's detections, and the
     host's decoding of its raw tensors) over the first ``limit`` evaluation images (None: --bm-dataset's
-    evaluation images, else the synthetic split's first 50), computed once per target and limit."""
+    evaluation images, else the synthetic split's first 50), computed once per target and limit (``run_cache``)."""
     from pytest_blendmask.evaluation import run_dataset, run_split
 
     cache: dict[tuple[str, int | None], Any] = {}
 
+    def compute(spec: Target, limit: int | None) -> Any:
+        if bm_dataset is not None:
+            return run_dataset(blendmask_model, spec, bm_dataset, compiled_target(spec), limit)
+        return run_split(blendmask_model, spec, limit=limit or ACCURACY_IMAGES, runner=compiled_target(spec))
+
     def get(spec: Target, limit: int | None = None) -> Any:
         if (spec.id, limit) not in cache:
-            if bm_dataset is not None:
-                cache[spec.id, limit] = run_dataset(blendmask_model, spec, bm_dataset, compiled_target(spec), limit)
-            else:
-                cache[spec.id, limit] = run_split(blendmask_model, spec, limit=limit or ACCURACY_IMAGES,
-                                                  runner=compiled_target(spec))
+            cache[spec.id, limit] = run_cache.result("split_run", spec, split_key(bm_dataset, limit),
+                                                     lambda: compute(spec, limit))
         return cache[spec.id, limit]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def coco_accuracy(split_run: Callable[..., Any]) -> Callable[..., Any]:
-    """``coco_accuracy(spec, limit=None)`` -> COCO box/mask AP of a target's ``split_run``, computed once per target and limit."""
+def coco_accuracy(split_run: Callable[..., Any], bm_dataset: DatasetEval | None, run_cache: RunCache) -> Callable[..., Any]:
+    """``coco_accuracy(spec, limit=None)`` -> COCO box/mask AP of a target's ``split_run``, computed once per target and limit (``run_cache``)."""
+    from pytest_blendmask.environment import distribution_version
     from pytest_blendmask.evaluation import score
 
     cache: dict[tuple[str, int | None], Any] = {}
 
     def get(spec: Target, limit: int | None = None) -> Any:
         if (spec.id, limit) not in cache:
-            cache[spec.id, limit] = score(split_run(spec, limit))
+            # pycocotools does the scoring: another version may score the same detections otherwise.
+            parts = {**split_key(bm_dataset, limit), "pycocotools": distribution_version("pycocotools")}
+            cache[spec.id, limit] = run_cache.result("coco_accuracy", spec, parts, lambda: score(split_run(spec, limit)))
         return cache[spec.id, limit]
 
     return get
@@ -367,32 +408,38 @@ def save_run_dump(config: pytest.Config, run: Any, reference: Target, batch: Sam
     )
 
 
+@contextlib.contextmanager
+def spill_folder(dump_dir: Path | None) -> Iterator[Path | None]:
+    """Where a run's full dump is written while its forward runs (``DumpCollector``'s ``spill_dir``), so a
+    big model's dump is never all in memory: a hidden folder in --bm-dump-dir, removed once the dump is
+    written in msprobe's layout (on POSIX the dump's memory maps keep the data while it is used); None
+    without --bm-dump-dir."""
+    if dump_dir is None:
+        yield None
+        return
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".spill-", dir=dump_dir, ignore_cleanup_errors=True) as spill:
+        yield Path(spill)
+
+
 @pytest.fixture(scope="session")
 def target_run(
     pytestconfig: pytest.Config, blendmask_model: Any, sample_batch: SampleBatch,
-    compiled_target: Callable[[Target], Any], reference_target: Target, bm_settings: Settings,
+    compiled_target: Callable[[Target], Any], reference_target: Target, bm_settings: Settings, run_cache: RunCache,
 ) -> Callable[[Target], Any]:
-    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target; its dump goes to
+    """``target_run(spec)`` -> the TargetRun (raw, dump, detections) of ``sample_batch``, computed once per target (``run_cache``); its dump goes to
     --bm-dump-dir, streamed to disk while the forward runs."""
     cache: dict[str, Any] = {}
+    parts = batch_key(sample_batch, bm_settings)
 
     def run(spec: Target) -> Any:
         if spec.id not in cache:
-            runner = compiled_target(spec)
-            if bm_settings.dump_dir is None:
-                cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes, runner=runner)
-            else:
-                # Tensors go to disk as the forward makes them (DumpCollector's spill_dir), so a big
-                # model's full dump is never all in memory; the folder goes once the dump is written
-                # in msprobe's layout (on POSIX the memory maps keep the data until they are dropped).
-                bm_settings.dump_dir.mkdir(parents=True, exist_ok=True)
-                spill = Path(tempfile.mkdtemp(prefix=".spill-", dir=bm_settings.dump_dir))
-                try:
-                    cache[spec.id] = spec.run(blendmask_model, sample_batch.tensor, sample_batch.image_sizes,
-                                              runner=runner, spill_dir=spill)
+            with spill_folder(bm_settings.dump_dir) as spill:
+                cache[spec.id] = run_cache.result("target_run", spec, parts, lambda: spec.run(
+                    blendmask_model, sample_batch.tensor, sample_batch.image_sizes, runner=compiled_target(spec),
+                    spill_dir=spill))
+                if bm_settings.dump_dir is not None:
                     save_run_dump(pytestconfig, cache[spec.id], reference_target, sample_batch)
-                finally:
-                    shutil.rmtree(spill, ignore_errors=True)
         return cache[spec.id]
 
     return run
@@ -419,11 +466,11 @@ def tensor_comparison(target_run: Callable[[Target], Any], reference_target: Tar
 def floor_comparison(
     blendmask_model: Any, sample_batch: SampleBatch, compiled_target: Callable[[Target], Any],
     target_run: Callable[[Target], Any], reference_target: Target, tensor_comparison: Callable[[Target], Any],
-    thresholds: Thresholds, calibration_set: CalibrationSet,
+    thresholds: Thresholds, calibration_set: CalibrationSet, bm_settings: Settings, run_cache: RunCache,
 ) -> Callable[[Target], Any]:
     """``floor_comparison(spec)``: the target's ``LocalComparison`` (each module's local error and its
     accumulated error, against the noise floor of its precision), computed once per target, the floor once per
-    emulation; None for a target whose modules cannot be run one by one. Skips, with the module that
+    emulation (``run_cache``: the floor is the reference's, kept across runs); None for a target whose modules cannot be run one by one. Skips, with the module that
     prevents it, where the model's forward cannot be replayed (a module changing its inputs in place)."""
     from pytest_blendmask.noise_floor import against_its_floor, target_floor
     from pytest_blendmask.precision.replay import ReplayError
@@ -431,22 +478,30 @@ def floor_comparison(
     floors: dict[tuple[str, str], Any] = {}
     cache: dict[str, Any] = {}
     unreplayable: dict[str, str] = {}
+    parts = batch_key(sample_batch, bm_settings)
 
     def get(spec: Target) -> Any:
         if spec.id in unreplayable:
             pytest.skip(unreplayable[spec.id])
         if spec.id not in cache:
             reference = target_run(reference_target)
+            limits = {"tensor_limits": repr(thresholds.tensor[spec.precision]),
+                      "local_limits": repr(thresholds.local[spec.precision])}
 
             def floor() -> Any:
                 key = (spec.floor, spec.precision)
                 if key not in floors:
-                    floors[key] = target_floor(spec, blendmask_model, sample_batch.tensor, reference, thresholds, calibration_set)
+                    # An int8 floor calibrates on the target's calibration images: their name is their identity.
+                    calibration = calibration_set.name if spec.floor == "int8" else None
+                    floors[key] = run_cache.reference_result(
+                        f"floor {spec.floor}", {**parts, **limits, "calibration": calibration},
+                        lambda: target_floor(spec, blendmask_model, sample_batch.tensor, reference, thresholds, calibration_set))
                 return floors[key]
 
             try:
-                cache[spec.id] = against_its_floor(spec, compiled_target(spec), blendmask_model, sample_batch.tensor,
-                                                   reference, floor, thresholds, lambda: tensor_comparison(spec))
+                cache[spec.id] = run_cache.result("floor_comparison", spec, {**parts, **limits}, lambda: against_its_floor(
+                    spec, compiled_target(spec), blendmask_model, sample_batch.tensor, reference, floor, thresholds,
+                    lambda: tensor_comparison(spec)))
             except ReplayError as exc:
                 unreplayable[spec.id] = f"{spec.id}: the noise floor replays the model module by module, and cannot: {exc}"
                 pytest.skip(unreplayable[spec.id])
@@ -457,17 +512,20 @@ def floor_comparison(
 
 @pytest.fixture(scope="session")
 def detection_run(blendmask_model: Any, bm_settings: Settings, bm_dataset: DatasetEval | None,
-                  compiled_target: Callable[[Target], Any]) -> Callable[[Target], Any]:
+                  compiled_target: Callable[[Target], Any], run_cache: RunCache) -> Callable[[Target], Any]:
     """``detection_run(spec)`` -> the target's ``ImagesRun`` (its whole pipeline's detections, and the host's
-    decoding of its raw tensors) of the detection images, two at a time, computed once per target."""
+    decoding of its raw tensors) of the detection images, two at a time, computed once per target (``run_cache``)."""
     from pytest_blendmask.evaluation import run_images
+    from pytest_blendmask.run_cache import tensors_digest
 
     images = level_images(bm_settings, bm_dataset, DETECTION_IMAGES)
+    parts = {"images": tensors_digest(images), "batch_size": SAMPLE_IMAGES}
     cache: dict[str, Any] = {}
 
     def run(spec: Target) -> Any:
         if spec.id not in cache:
-            cache[spec.id] = run_images(blendmask_model, spec, compiled_target(spec), images, SAMPLE_IMAGES)
+            cache[spec.id] = run_cache.result("detection_run", spec, parts, lambda: run_images(
+                blendmask_model, spec, compiled_target(spec), images, SAMPLE_IMAGES))
         return cache[spec.id]
 
     return run

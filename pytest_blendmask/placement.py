@@ -45,13 +45,20 @@ def worker_device(config: pytest.Config, settings: Settings) -> str | None:
 
 
 def run_id(config: pytest.Config) -> str:
-    """An id of this session that every xdist worker of it shares (xdist's ``testrunuid``);
-    without xdist, one made for the session."""
+    """An id of this session that every xdist worker of it and the controller share (xdist's
+    ``testrunuid``); without xdist, one made for the session.
+
+    In the controller the id is made here (or taken from ``--testrunuid``) and handed to xdist
+    as its ``--testrunuid``, which it sends to each worker: called before xdist starts them
+    (``pytest_configure``), the controller and its workers name the same session.
+    """
     shared = getattr(config, "workerinput", {}).get("testrunuid")
     if shared is not None:
         return shared
     if _run_key not in config.stash:
-        config.stash[_run_key] = uuid.uuid4().hex
+        config.stash[_run_key] = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
+        if hasattr(config.option, "testrunuid"):  # xdist is loaded
+            config.option.testrunuid = config.stash[_run_key]
     return config.stash[_run_key]
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_blendmask.environment import collect_environment
+from pytest_blendmask.cache_dir import remove_session_dir
+from pytest_blendmask.environment import collect_environment, environment_at_end
 from pytest_blendmask.fixtures import chosen_targets, class_map_key, factory_model_key, settings_key, thresholds_key
-from pytest_blendmask.placement import group_perf_items, tag_items
+from pytest_blendmask.placement import group_perf_items, run_id, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import (
@@ -66,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[thresholds_key] = resolve_thresholds(config.stash[settings_key])
     register_html_hooks(config)
     interrupt_on_sigterm(config)
+    run_id(config)  # before xdist starts its workers: they get this id (placement.run_id)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -86,8 +88,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         required=settings.require,
         environment=collect_environment(config, settings, chosen_targets(config)),
         perf_context={"grid": settings.perf_grid, "host": host_conditions()},
+        environment_at_end=lambda: environment_at_end(run_id(config), settings),
     )
     register_controller(config, context)
+
+
+@pytest.hookimpl(trylast=True)  # after the report controller has read the session's cache log
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, or the one process without xdist
+        remove_session_dir(run_id(session.config))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

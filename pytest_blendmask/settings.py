@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_blendmask.cache_dir import reference_dir
 from pytest_blendmask.perf.grid import GRID_NAMES
 from pytest_blendmask.precision.thresholds import Thresholds, ThresholdsError, load_thresholds
 from pytest_blendmask.results import FAMILIES
@@ -35,6 +36,9 @@ DUMP_MODES = ("full", "stats")
 SEED = 0  # model initialisation and synthetic inputs
 THRESHOLDS_FILE = "precision/thresholds_default.toml"
 SIZE_DIVISOR = 32  # the FPN's coarsest backbone stride: inputs are padded to a multiple of it
+# --bm-reference-cache: load the reference's results an earlier run stored, or compute them again.
+RECOMPUTE_REFERENCE = "recompute"
+REFERENCE_CACHE_MODES = ("reuse", RECOMPUTE_REFERENCE)
 DATASET_LIMIT = 50  # evaluation images of --bm-dataset: AP to about +-1 point, ~1 min per lite target on 2 cores
 
 # What --bm-require can demand: a test family (marker) or an accelerator type.
@@ -65,9 +69,19 @@ class Settings:
     deform_conv: str = "auto"  # which deformable convolution eager targets run (ops/selection.py)
     dataset: CocoDataset | None = None  # None: synthetic shapes; else the checked --bm-dataset
     dataset_limit: int | None = DATASET_LIMIT  # evaluation images of --bm-dataset; None: all
+    reference_cache: str = "reuse"  # one of REFERENCE_CACHE_MODES (run_cache.py)
 
 
 DEFAULTS = Settings()
+
+
+def _one_of(text: str, choices: Sequence[str]) -> str:
+    """``text`` without surrounding blanks, when it is one of ``choices``."""
+    name = text.strip()
+    if name not in choices:
+        listed = " or ".join(choices) if len(choices) == 2 else ", ".join(choices)
+        raise ValueError(f"expected {listed}; got {text!r}")
+    return name
 
 
 def parse_model(text: str) -> str:
@@ -126,10 +140,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 def parse_dump_mode(text: str) -> str:
     """One of ``DUMP_MODES``."""
-    name = text.strip()
-    if name not in DUMP_MODES:
-        raise ValueError(f"expected {' or '.join(DUMP_MODES)}; got {text!r}")
-    return name
+    return _one_of(text, DUMP_MODES)
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -167,18 +178,17 @@ def parse_require(text: str) -> tuple[str, ...]:
 
 def parse_perf_grid(text: str) -> str:
     """The name of a perf grid (``pytest_blendmask.perf.grid``)."""
-    name = text.strip()
-    if name not in GRID_NAMES:
-        raise ValueError(f"expected {' or '.join(GRID_NAMES)}; got {text!r}")
-    return name
+    return _one_of(text, GRID_NAMES)
+
+
+def parse_reference_cache(text: str) -> str:
+    """One of ``REFERENCE_CACHE_MODES``."""
+    return _one_of(text, REFERENCE_CACHE_MODES)
 
 
 def parse_deform_conv(text: str) -> str:
     """One of ``DEFORM_CONV_MODES``."""
-    name = text.strip()
-    if name not in DEFORM_CONV_MODES:
-        raise ValueError(f"expected {', '.join(DEFORM_CONV_MODES)}; got {text!r}")
-    return name
+    return _one_of(text, DEFORM_CONV_MODES)
 
 
 def parse_dataset(text: str, base: Path) -> CocoDataset:
@@ -270,6 +280,10 @@ OPTIONS = (
            parse_dataset, takes_base=True, metavar="PATH"),
     Option("dataset-limit", "Evaluation images of --bm-dataset (after its calibration images): a positive "
            "number or all.", parse_dataset_limit, metavar="N|all"),
+    Option("reference-cache", "The reference's results (runs, detections, AP, noise floors) kept in "
+           "$BM_CACHE_DIR/reference (else .bm_cache/reference): reuse loads what an earlier run with the same "
+           "model, weights, code, inputs and settings stored; recompute ignores it, computes again and overwrites "
+           "it.", parse_reference_cache, metavar="reuse|recompute"),
 )
 
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
@@ -416,6 +430,7 @@ def describe_settings(settings: Settings) -> list[str]:
         f"reference: {settings.reference.id}",
         f"thresholds: {thresholds or no_thresholds}",
         f"data: {describe_dataset(settings)}",
+        f"reference cache: {reference_dir()} ({settings.reference_cache})",
     ]
 
 

@@ -25,10 +25,12 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import Tensor, nn
 
+from ..cache_dir import cache_root
+from ..model.fingerprint import code_digest, model_description, weights_digest
+
 OPSETS = (11, 17)
 INPUT_NAME = "input"
 BATCH_AXIS_NAME = "batch"
-CACHE_ENV = "BM_CACHE_DIR"
 # Bump when the export recipe changes, so that files cached by an older recipe are not reused.
 EXPORT_RECIPE_VERSION = 1
 # Resize/Upsample driven by a scale factor instead of an explicit size break some converters
@@ -72,30 +74,21 @@ class _RawOutputs(nn.Module):
 
 
 def default_cache_dir() -> Path:
-    """``$BM_CACHE_DIR/onnx``, else ``.bm_cache/onnx`` in the repository checkout, else in the cwd."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env) / "onnx"
-    repo = Path(__file__).resolve().parents[2]
-    base = repo if (repo / "pyproject.toml").exists() or (repo / ".git").exists() else Path.cwd()
-    return base / ".bm_cache" / "onnx"
+    """``onnx`` under ``cache_dir.cache_root()`` (``$BM_CACHE_DIR``, else ``.bm_cache``)."""
+    return cache_root() / "onnx"
 
 
 def model_fingerprint(model: nn.Module, input_hw: tuple[int, int], opset: int, dynamic_batch: bool) -> str:
     """SHA-256 over everything that decides the exported file's content.
 
     Weights (every state_dict tensor's name, dtype, shape and bytes), the model config, the
-    input size, the opset, the batch mode, the torch version (the exporter's output changes
-    with it) and the export recipe version.
+    model's code (``model.fingerprint.code_digest``: an edited forward must be exported again),
+    the input size, the opset, the batch mode, the torch version (the exporter's output
+    changes with it) and the export recipe version.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    # A BlendMask's config fixes its layout; any other model is known by its class only.
-    config = getattr(model, "cfg", f"{type(model).__module__}.{type(model).__qualname__}")
-    digest.update(repr((config, input_hw, opset, dynamic_batch, torch.__version__, EXPORT_RECIPE_VERSION)).encode())
-    return digest.hexdigest()
+    parts = (weights_digest(model), model_description(model), code_digest(model), input_hw, opset, dynamic_batch,
+             torch.__version__, EXPORT_RECIPE_VERSION)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

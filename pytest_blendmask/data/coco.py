@@ -11,7 +11,6 @@ labels starting at 1; the model's contiguous class ids are 0-based.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..cache_dir import cache_root
 from .shapes import CLASS_NAMES
 from .synthetic import EVAL_SEED, GENERATOR_VERSION, Instance, generate_sample
 
@@ -28,7 +28,6 @@ ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
 EVAL_NUM_IMAGES = 200
 EVAL_SIZE = 512
-CACHE_ENV = "BM_CACHE_DIR"
 
 
 class Split(NamedTuple):
@@ -112,15 +111,8 @@ def write_split(out_dir: Path, name: str, num_images: int, seed: int, size: int)
 
 
 def default_data_root() -> Path:
-    """Where splits are cached: ``$BM_CACHE_DIR/data``, else ``.bm_cache/data`` in the
-    repository checkout (found from this file), else in the working directory (installed wheel).
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env) / "data"
-    repo = Path(__file__).resolve().parents[2]
-    base = repo if (repo / "pyproject.toml").exists() or (repo / ".git").exists() else Path.cwd()
-    return base / ".bm_cache" / "data"
+    """Where splits are cached: ``data`` under ``cache_dir.cache_root()`` (``$BM_CACHE_DIR``, else ``.bm_cache``)."""
+    return cache_root() / "data"
 
 
 def split_dir_name(name: str, num_images: int, seed: int, size: int) -> str:

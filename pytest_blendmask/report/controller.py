@@ -12,7 +12,7 @@ What it knows of the session beyond the reports is handed to it once, as plain v
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,8 @@ class ReportContext:
     required: tuple[str, ...]  # the --bm-require tags
     environment: Mapping[str, Any]  # FINAL_REPORT's environment block
     perf_context: Mapping[str, Any]  # perf_ladder.json's context: the grid's name and the host's conditions
+    # The environment's parts known only at the end (which reference results the cache gave).
+    environment_at_end: Callable[[], Mapping[str, Any]] = dict
 
 
 class ReportController:
@@ -72,7 +74,7 @@ class ReportController:
             self.collect_errors,
             exitstatus=exitstatus,
             required=self.context.required,
-            environment=self.context.environment,
+            environment={**self.context.environment, **self.context.environment_at_end()},
             run=run,
         )
 

@@ -151,7 +151,17 @@ def environment_rows(env: Mapping[str, Any]) -> list[list[str]]:
         ["Weights SHA-256", model["weights_sha256"] or NONE_TEXT],
         ["Thresholds", env["thresholds"] or NONE_TEXT],
         ["Data", env.get("data") or NONE_TEXT],  # absent from reports written before --bm-dataset
+        ["Reference cache", reference_cache_text(env.get("reference_cache"))],
     ]
+
+
+def reference_cache_text(use: Mapping[str, Any] | None) -> str:
+    """How many of the reference's results came from the cache and which were computed, in one line."""
+    if use is None:  # a report written before the cache, or a session that ran no test
+        return NONE_TEXT
+    loaded = f"{len(use['loaded'])} loaded" + (f" ({', '.join(use['loaded'])})" if use["loaded"] else "")
+    computed = f"{len(use['computed'])} computed" + (f" ({', '.join(use['computed'])})" if use["computed"] else "")
+    return f"{use['dir']} ({use['mode']}): {loaded}, {computed}"
 
 
 def report_tables(report: Mapping[str, Any]) -> list[Table]:

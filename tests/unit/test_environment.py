@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_blendmask.environment import cann_version, sha256_of
+from pytest_blendmask.environment import cann_version
+from pytest_blendmask.result_cache import file_digest
 from tests.unit.report_support import final_report
 
 
@@ -40,6 +41,6 @@ def test_cann_version_reads_the_toolkit_version_files(tmp_path: Path, files: dic
     assert (found["source"] is None) == (not files)
 
 
-def test_sha256_of_a_file(tmp_path: Path) -> None:
+def test_file_digest_is_the_sha256_of_a_file(tmp_path: Path) -> None:
     (tmp_path / "w.safetensors").write_bytes(b"abc")
-    assert sha256_of(tmp_path / "w.safetensors") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_digest(tmp_path / "w.safetensors") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

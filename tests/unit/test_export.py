@@ -12,7 +12,6 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from pytest_blendmask.atc.export import (
-    CACHE_ENV,
     OPSETS,
     ExportError,
     default_cache_dir,
@@ -23,6 +22,7 @@ from pytest_blendmask.atc.export import (
     scale_factor_resizes,
 )
 from pytest_blendmask.atc.ort import create_session
+from pytest_blendmask.cache_dir import CACHE_ENV
 from pytest_blendmask.model import build_model
 
 from .atc_support import (  # noqa: F401  (pytest finds the fixtures by name)
@@ -111,6 +111,23 @@ def test_fingerprint_follows_weights_opset_batch_mode_and_size(lite_model):
     with torch.no_grad():
         changed.top_layer.bias.add_(1e-3)
     assert model_fingerprint(changed, IMAGE_HW, 11, False) != base
+
+
+def test_a_change_to_the_model_code_is_exported_again(lite_model, lite_onnx, onnx_cache, monkeypatch):
+    # The same config and weights, another forward_raw: a subclass, then the class's method patched.
+    class ScaledBases(type(lite_model)):
+        def forward_raw(self, images):
+            raw = super().forward_raw(images)
+            return {**raw, "bases": raw["bases"] * 2}
+
+    edited = ScaledBases(lite_model.cfg).eval()
+    edited.load_state_dict(lite_model.state_dict())
+    base = model_fingerprint(lite_model, IMAGE_HW, 11, False)
+    assert model_fingerprint(edited, IMAGE_HW, 11, False) != base
+    exported = export_onnx(edited, IMAGE_HW, opset=11, cache_dir=onnx_cache)
+    assert exported.path != lite_onnx.path and exported.export_seconds is not None
+    monkeypatch.setattr(type(lite_model), "forward_raw", ScaledBases.forward_raw)
+    assert model_fingerprint(lite_model, IMAGE_HW, 11, False) != base
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not-onnx"])

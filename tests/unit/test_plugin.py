@@ -105,6 +105,7 @@ def test_report_header_names_model_reference_targets_and_npu_env(pytester: pytes
             "blendmask reference: cpu",
             "blendmask thresholds: *",
             "blendmask data: synthetic shapes (give --bm-dataset PATH for a COCO-format set)",
+            "blendmask reference cache: */reference (reuse)",
             "blendmask targets: cpu, ort:cann (from --bm-target)",
             "blendmask skipped: ort:cann: ONNX Runtime provider CANNExecutionProvider not in get_available_providers()*",
             "blendmask npu env: TASK_QUEUE_ENABLE=* PYTORCH_NPU_ALLOC_CONF=* ASCEND_RT_VISIBLE_DEVICES=* "

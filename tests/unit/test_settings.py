@@ -238,6 +238,16 @@ def test_perf_grid_defaults_to_quick_and_rejects_unknown_names(pytester: pytest.
     assert str(info.value) == "--bm-perf-grid: expected quick or full; got 'huge' (from command line; ini key bm_perf_grid)"
 
 
+def test_reference_cache_defaults_to_reuse_and_rejects_unknown_modes(pytester: pytest.Pytester) -> None:
+    assert resolve_settings(pytester.parseconfig()).reference_cache == "reuse"
+    pytester.makeini("[pytest]\nbm_reference_cache = recompute\n")
+    assert resolve_settings(pytester.parseconfig()).reference_cache == "recompute"
+    with pytest.raises(pytest.UsageError) as info:
+        resolve_settings(pytester.parseconfig("--bm-reference-cache=off"))
+    assert str(info.value) == ("--bm-reference-cache: expected reuse or recompute; got 'off' "
+                               "(from command line; ini key bm_reference_cache)")
+
+
 def test_deform_conv_defaults_to_auto_and_rejects_unknown_modes(pytester: pytest.Pytester) -> None:
     assert resolve_settings(pytester.parseconfig()).deform_conv == "auto"
     assert resolve_settings(pytester.parseconfig("--bm-deform-conv", " fallback")).deform_conv == "fallback"
