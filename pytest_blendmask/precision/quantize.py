@@ -11,7 +11,8 @@ as fake quantisation in float32 (quantise, then dequantise, at the same places):
   BatchNorm's per-channel factor irrelevant);
 - each convolution's input and output: per tensor, asymmetric uint8 over ``[min(lo, 0),
   max(hi, 0)]``, ``lo``/``hi`` the range seen over the calibration batches (MinMax
-  calibration). Where, matters for local error (which module's replay pays for it): ONNX
+  calibration), a range per call of a module called more than once, as ONNX Runtime has a
+  node per call. Where, matters for local error (which module's replay pays for it): ONNX
   Runtime quantises a tensor right after the node that produced it, so an input is quantised
   after the module that produced it (before the conv where functional code or the graph input
   did), and an output after a folded BatchNorm (ONNX Runtime fuses Conv+BN before
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +50,38 @@ class _Range:
             return t
         zero_point = int(round(-self.low / scale))
         return torch.fake_quantize_per_tensor_affine(t.float(), scale, zero_point, 0, UINT8_LEVELS).to(t.dtype)
+
+
+@dataclass
+class _CallRanges:
+    """One activation's ranges, one per call of the module its hook is on: ONNX Runtime exports each
+    call of a shared module (the FCOS head runs once per FPN level) as nodes of its own, calibrated
+    apart (R_50's five ``ctrness`` outputs have scales 0.0112 to 0.0160). The hook counts its calls:
+    a calibration forward, the floor's forward and its replay each call it once per call of the
+    reference's forward, in order (a replayed caller's callees return their recorded outputs
+    without their hooks), so the count modulo the calls of one forward is the call."""
+
+    ranges: list[_Range] = field(default_factory=list)
+    per_forward: int = 0  # calls in one forward: set after the first calibration batch
+    calls: int = 0
+
+    def _next(self) -> int:
+        index = self.calls % self.per_forward if self.per_forward else self.calls
+        self.calls += 1
+        return index
+
+    def see(self, t: Tensor) -> Tensor:
+        index = self._next()
+        if index == len(self.ranges):
+            self.ranges.append(_Range())
+        self.ranges[index].see(t)
+        return t
+
+    def first_forward_done(self) -> None:
+        self.per_forward = self.per_forward or self.calls
+
+    def fake_quantize(self, t: Tensor) -> Tensor:
+        return self.ranges[self._next()].fake_quantize(t) if self.ranges else t
 
 
 def _quantize_weight(weight: Tensor) -> Tensor:
@@ -124,19 +157,22 @@ def int8_copy(reference: nn.Module, forward: Callable[[nn.Module, Tensor], Any],
     batches = list(calibration)
     in_sites, out_sites = _input_sites(model, convs, forward, batches[0]), _output_sites(model)
     convs = [conv for conv in convs if id(conv) in in_sites]  # the forward's own: a training-only branch has no range
-    ranges = {id(conv): (_Range(), _Range()) for conv in convs}
+    ranges = {id(conv): (_CallRanges(), _CallRanges()) for conv in convs}
     handles = []
     for conv in convs:
         seen_in, seen_out = ranges[id(conv)]
-        handles.append(_hook_pair(*in_sites[id(conv)], lambda t, r=seen_in: r.see(t) or t))
-        handles.append(_hook_pair(*out_sites[id(conv)], lambda t, r=seen_out: r.see(t) or t))
+        handles.append(_hook_pair(*in_sites[id(conv)], seen_in.see))
+        handles.append(_hook_pair(*out_sites[id(conv)], seen_out.see))
     with torch.no_grad():
         for batch in batches:
             forward(model, batch)
+            for call_ranges in (r for pair in ranges.values() for r in pair):
+                call_ranges.first_forward_done()
     for handle in handles:
         handle.remove()
     for conv in convs:
         quantize_in, quantize_out = ranges[id(conv)]
+        quantize_in.calls = quantize_out.calls = 0
         with torch.no_grad():
             conv.weight.copy_(_quantize_weight(conv.weight))
         _hook_pair(*in_sites[id(conv)], quantize_in.fake_quantize)
