@@ -10,7 +10,7 @@ child's entry.
 Wall times on shared 2-core machines swing by 2x from round to round, and CI machines are
 slower than development ones (5.0 s of CPU for the R_50 comparison in CI against 2.4-3.4 s
 here). So every budget is a ratio of CPU times measured in the same run: the dump ratios
-compare single-threaded runs (the fastest of 5 interleaved rounds each), and the R_50
+compare single-threaded runs (the fastest of interleaved rounds: 9 for lite, 2 for R_50), and the R_50
 comparison is held against the CPU time of a plain fp32 forward of the same model and input
 (2 s of 2 cores is 4 s of CPU, against about 2.9 s of CPU for that forward: 1.4x).
 Seconds, the comparison's median wall time and its bytes per second (both dumps' tensors as
@@ -80,7 +80,7 @@ def perturbed(model: torch.nn.Module, scale: float) -> torch.nn.Module:
 
 
 CAPTURE_MODELS = [
-    pytest.param("lite", 512, 5, id="lite-512"),
+    pytest.param("lite", 512, 9, id="lite-512"),
     pytest.param("R_50", 640, 2, marks=pytest.mark.slow, id="R_50-640"),
 ]
 
