@@ -126,7 +126,7 @@ class Dump:
         entries = tuple(replace(e, data=None, recorded_stats=e.stats) for e in self.entries)
         return Dump("stats", entries)
 
-    def save(self, directory: Path | str, files: Sequence[str | None] | None = None,
+    def save(self, directory: Path | str, files: Sequence[str] | None = None,
              header: Mapping[str, Any] | None = None) -> Path:
         """Write ``index.json`` and one ``.npy`` per distinct tensor; returns the index path.
 
@@ -409,7 +409,9 @@ class DumpCollector:
         elif same_object and version is None and _same_contents(seen.payload, data):
             return seen.payload
         else:
-            payload = self._spilled_copy(_cpu_float32_copy(data)) if self.spill_dir else _cpu_float32_copy(data)
+            payload = _cpu_float32_copy(data)
+            if self.spill_dir is not None:
+                payload = self._spilled_copy(payload)
         self._seen[id(t)] = _Seen(weakref.ref(t), version, payload)
         return payload
 

@@ -18,6 +18,7 @@ stored, float32) go into extra_info, and the closing notes quote them from a qui
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -52,6 +53,12 @@ MSPROBE_SPEEDUP = 5.0
 def batch_of(size: int, images: int = 1) -> torch.Tensor:
     # Scaled like preprocessed pixels (mean-subtracted 0..255 values, std 1).
     return torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0)) * 50
+
+
+@functools.cache
+def built(name: str) -> torch.nn.Module:
+    """One model per name for the whole module: the benchmarks only run it (``perturbed`` copies it)."""
+    return build_model(name).eval()
 
 
 def cpu_timed(fn: Callable[[], object], into: list[float]) -> None:
@@ -97,7 +104,7 @@ CAPTURE_MODELS = [
 @pytest.mark.parametrize("mode", ["full", "stats"])
 @pytest.mark.parametrize("model_name, size, rounds", CAPTURE_MODELS)
 def test_dump_overhead(benchmark, single_thread, model_name, size, rounds, mode):
-    model, batch = build_model(model_name), batch_of(size, SAMPLE_IMAGES)
+    model, batch = built(model_name), batch_of(size, SAMPLE_IMAGES)
     plain: list[float] = []
     dumped: list[float] = []
 
@@ -132,7 +139,7 @@ def test_dump_overhead(benchmark, single_thread, model_name, size, rounds, mode)
 def r50_dumps() -> tuple[Dump, Dump, list[float]]:
     """The reference's and a device's full dumps of one 640x640 R_50 forward, and the CPU
     seconds of two plain forwards of it."""
-    model, batch = build_model("R_50"), batch_of(640)
+    model, batch = built("R_50"), batch_of(640)
     forward_cpu: list[float] = []
     for _ in range(2):
         start = time.process_time()
