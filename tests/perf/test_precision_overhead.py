@@ -199,7 +199,8 @@ def timed(fn: Callable[[], object]) -> float:
 @pytest.mark.slow
 def test_compare_beats_msprobe_on_the_same_r50_dumps(benchmark, r50_dumps, tmp_path):
     """Both read the same msprobe-layout dumps from disk; msprobe's start-up (a compare of one
-    output) is measured apart and subtracted from its time."""
+    output) is measured apart and subtracted from its time. Ours is the median of 3 rounds,
+    msprobe's the faster of 2."""
     require_msprobe()
     reference, dut, _ = r50_dumps
     first = reference.names()[:1]
@@ -210,8 +211,12 @@ def test_compare_beats_msprobe_on_the_same_r50_dumps(benchmark, r50_dumps, tmp_p
                               reference_id="cpu", batch={"name": "R_50 640x640", "images": 1})
         index = json.loads((tmp_path / name / "device" / INDEX_FILE).read_text())
         folders[name] = (tmp_path / name / index["msprobe_dump"], tmp_path / name / index["golden"])
-    startup = timed(lambda: run_msprobe_compare(*folders["one"], tmp_path / "out-one"))
-    msprobe_total = timed(lambda: run_msprobe_compare(*folders["all"], tmp_path / "out-all", timeout=900))
+    # Each msprobe run the faster of two (other processes only add time): its start-up alone
+    # read 6.0 s here and 8.8 s in CI, which subtracted from one run decided the ratio.
+    startup = min(timed(lambda: run_msprobe_compare(*folders["one"], tmp_path / f"out-one-{i}")) for i in range(2))
+    msprobe_total = min(
+        timed(lambda: run_msprobe_compare(*folders["all"], tmp_path / f"out-all-{i}", timeout=900)) for i in range(2)
+    )
     limits = load_thresholds().tensor["bf16"]
     workers = os.cpu_count() or 1
 

@@ -168,3 +168,15 @@ def test_chunked_pass_agrees_with_direct_float64_formulas(monkeypatch, segment):
     assert computed.relative_numel == int(keep.sum())
     for name, value in expected.items():
         assert getattr(computed, name) == pytest.approx(value, rel=1e-9, abs=1e-15), name
+
+
+def test_comparing_leaves_torchs_thread_count_as_it_was():
+    """The comparison runs torch on one intra-op thread while its own threads work, and gives
+    the caller's setting back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        metrics.metrics_of_pairs([(torch.ones(10), torch.ones(10))], workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
