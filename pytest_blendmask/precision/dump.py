@@ -94,7 +94,7 @@ class DumpEntry:
         in ``full`` mode (not during the forward, where it would cost time for nothing)."""
         if self.recorded_stats is not None:
             return self.recorded_stats
-        return _stats(_stats_tensor(self.data).tolist(), self.data.numel())
+        return _stats_on_host([_stats_sums(self.data)], [self.data.numel()])[0]
 
 
 @dataclass(frozen=True)
@@ -233,21 +233,34 @@ def _same_contents(copy: Tensor, t: Tensor) -> bool:
     return np.array_equal(copy.numpy(), current.numpy())
 
 
-def _stats_tensor(t: Tensor) -> Tensor:
-    """[max, min, sum, sum of squares] as a float32 tensor on ``t``'s device (no host sync).
+_StatSums = tuple[Tensor, Tensor, Tensor, Tensor]
 
-    ``_stats`` turns the sums into mean and L2 norm once they are on the host. float32
-    accumulation: a float16 sum of squares overflows at 65504.
+
+def _stats_sums(t: Tensor) -> _StatSums:
+    """(max, min, sum, sum of squares) as 0-d float32 tensors on ``t``'s device (no host sync).
+
+    ``_stats`` turns the sums into mean and L2 norm once they are on the host. A tuple, not
+    one stacked tensor: a stack per output cost as much as the three reductions of a small
+    one. float32 accumulation: a float16 sum of squares overflows at 65504.
     """
     if t.numel() == 0:
-        return torch.full((4,), float("nan"), device=t.device)
+        nan = torch.full((), float("nan"), device=t.device)
+        return nan, nan, nan, nan
     lo, hi = torch.aminmax(t)
     if t.dtype == torch.float32:
         flat = t.reshape(-1)
         # dot is a single pass; vector_norm(dtype=float32) is kept for narrower dtypes.
-        return torch.stack((hi, lo, flat.sum(), torch.dot(flat, flat)))
+        return hi, lo, flat.sum(), torch.dot(flat, flat)
     squares = torch.linalg.vector_norm(t, dtype=torch.float32) ** 2
-    return torch.stack((hi.float(), lo.float(), t.sum(dtype=torch.float32), squares))
+    return hi.float(), lo.float(), t.sum(dtype=torch.float32), squares
+
+
+def _stats_on_host(sums: Sequence[_StatSums], numels: Sequence[int]) -> list[TensorStats]:
+    """The statistics of each tensor from its ``_stats_sums``, with one device-to-host transfer."""
+    if not sums:
+        return []
+    rows = torch.stack([value for four in sums for value in four]).view(-1, 4).cpu().tolist()
+    return [_stats(row, numel) for row, numel in zip(rows, numels)]
 
 
 def _stats(row: list[float], numel: int) -> TensorStats:
@@ -263,7 +276,7 @@ class _Seen:
 
     ref: weakref.ref
     version: int | None  # None for inference tensors, which have no version counter
-    payload: Tensor
+    payload: Tensor | _StatSums
 
 
 class _Record(NamedTuple):  # a NamedTuple: built once per module output, in the forward's hot path
@@ -273,7 +286,7 @@ class _Record(NamedTuple):  # a NamedTuple: built once per module output, in the
     output: str
     dtype: str
     shape: tuple[int, ...]
-    payload: Tensor  # full: CPU float32 copy; stats: the 4-vector of _stats_tensor
+    payload: Tensor | _StatSums  # full: CPU float32 copy; stats: its _stats_sums
 
 
 class DumpCollector:
@@ -405,7 +418,7 @@ class DumpCollector:
             return seen.payload
         data = t.detach() if t.requires_grad else t  # requires_grad only outside no_grad
         if self.mode == "stats":
-            payload = _stats_tensor(data)
+            payload = _stats_sums(data)
         elif same_object and version is None and _same_contents(seen.payload, data):
             return seen.payload
         else:
@@ -429,8 +442,8 @@ class DumpCollector:
         if not full:
             # One device-to-host transfer for all statistics, after the forward.
             distinct = {id(r.payload): r for r in self._records}
-            rows = torch.stack([r.payload for r in distinct.values()]).cpu().tolist() if distinct else []
-            stats = {key: _stats(row, math.prod(r.shape)) for (key, r), row in zip(distinct.items(), rows)}
+            computed = _stats_on_host([r.payload for r in distinct.values()], [math.prod(r.shape) for r in distinct.values()])
+            stats = dict(zip(distinct, computed))
         return Dump(
             self.mode,
             tuple(
