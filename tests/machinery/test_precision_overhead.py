@@ -100,7 +100,6 @@ CAPTURE_MODELS = [
 ]
 
 
-@pytest.mark.perf
 @pytest.mark.parametrize("mode", ["full", "stats"])
 @pytest.mark.parametrize("model_name, size, rounds", CAPTURE_MODELS)
 def test_dump_overhead(benchmark, single_thread, model_name, size, rounds, mode):
@@ -157,7 +156,6 @@ def compared_bytes(reference: Dump, dut: Dump) -> int:
     return sum(t.numel() * t.element_size() for t in distinct.values())
 
 
-@pytest.mark.perf
 @pytest.mark.slow
 def test_compare_all_dumps_of_one_r50_forward(benchmark, r50_dumps):
     reference, dut, forward_cpu = r50_dumps
@@ -195,7 +193,6 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.perf
 @pytest.mark.slow
 def test_compare_beats_msprobe_on_the_same_r50_dumps(benchmark, r50_dumps, tmp_path):
     """Both read the same msprobe-layout dumps from disk; msprobe's start-up (a compare of one

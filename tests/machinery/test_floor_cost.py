@@ -30,7 +30,6 @@ SIZE = 640
 GATE_BUDGET_RATIO = 67.0  # 2 cores x 90 s against a 2.7 s-of-CPU forward
 
 
-@pytest.mark.perf
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", ["cpu", "ort"])
 def test_tensor_gate_of_one_r50_forward(benchmark, spec):

@@ -55,7 +55,6 @@ def peak(mode: str, spill: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.perf
 @pytest.mark.slow
 def test_capture_peak_memory_of_r101_batch8(benchmark, tmp_path):
     measured: dict[str, dict] = {}
