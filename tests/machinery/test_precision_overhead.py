@@ -36,7 +36,7 @@ from pytest_blendmask.precision.compare import compare
 from pytest_blendmask.precision.dump import INDEX_FILE, Dump, DumpCollector
 from pytest_blendmask.precision.dump_dir import write_target_dump
 from pytest_blendmask.precision.thresholds import load_thresholds
-from ..msprobe_support import require_msprobe, run_msprobe_compare
+from ..unit.msprobe_support import require_msprobe, run_msprobe_compare
 
 DUMP_BUDGET_RATIO = {"full": 1.5, "stats": 1.1}
 # Where the budget is not met in every run, the level measured, held so that it does not get worse;

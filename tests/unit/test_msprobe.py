@@ -22,7 +22,7 @@ from pytest_blendmask.precision.dump_dir import folder_name, write_target_dump
 from pytest_blendmask.precision.msprobe import output_names
 from pytest_blendmask.precision.thresholds import load_thresholds
 from pytest_blendmask.targets import parse_target
-from ..msprobe_support import run_msprobe_compare
+from .msprobe_support import run_msprobe_compare
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ("cpu:bf16", "ort")  # an eager target (module outputs) and a compiled one (graph outputs)
