@@ -59,8 +59,12 @@ class Sweep:
         if batch["alarm"] is not None:
             self.alarms.append(f"images {batch['images']}: {batch['alarm']}")
         for metric, (value, where) in batch["highest"].items():
-            if value > self.highest.get(metric, (-math.inf, ""))[0]:
-                self.highest[metric] = (value, where)
+            _keep_highest(self.highest, metric, value, where)
+
+
+def _keep_highest(highest: dict[str, tuple[float, str]], metric: str, value: float, where: str) -> None:
+    if value > highest.get(metric, (-math.inf, ""))[0]:
+        highest[metric] = (value, where)
 
 
 class BatchLog:
@@ -97,7 +101,6 @@ class BatchLog:
 
     def record(self, batch: dict[str, Any]) -> None:
         self._append(batch)
-        self.done[batch["target"], tuple(batch["images"])] = batch
 
 
 def _target(text: str) -> Target:
@@ -153,8 +156,8 @@ def sweep(target: Target, model: torch.nn.Module, size: int, images: int, batch_
         for metric in METRICS:
             for module in comparison.modules:
                 value = getattr(module, metric)
-                if module.gated and not math.isnan(value) and value > highest.get(metric, (-math.inf, ""))[0]:
-                    highest[metric] = (value, f"{module.name} (images {seeds})")
+                if module.gated and not math.isnan(value):
+                    _keep_highest(highest, metric, value, f"{module.name} (images {seeds})")
         measured = {"target": target.id, "images": seeds, "seconds": time.perf_counter() - start, "highest": highest,
                     "alarm": None if comparison.passed else comparison.localisation.detail}
         result.add(measured)

@@ -34,14 +34,15 @@ dumps is the hot path); each single-metric function is a shorthand for one of it
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..perf.timing import torch_threads
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)  # msaccucmp's floor in the KL normalisation
 ONE_THOUSANDTH = 0.001
@@ -304,19 +305,6 @@ def tensor_metrics(dut: ArrayLike, ref: ArrayLike) -> TensorMetrics:
     return metrics_of_pairs([(dut, ref)], workers=1)[0]
 
 
-@contextmanager
-def _torch_on_one_thread() -> Iterator[None]:
-    """torch's intra-op threads set to one while the comparison's threads run: each of them
-    reads the setting when it first calls torch, and with more every thread's log started an
-    OpenMP team on the same cores (on a busy 2-core machine a chunk's log took 180 us, not 23)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def metrics_of_pairs(pairs: Sequence[tuple[ArrayLike, ArrayLike]], workers: int) -> list[TensorMetrics]:
     """``tensor_metrics(dut, ref)`` of each (dut, ref) pair, on ``workers`` threads.
 
@@ -327,7 +315,10 @@ def metrics_of_pairs(pairs: Sequence[tuple[ArrayLike, ArrayLike]], workers: int)
     Raises:
         ValueError: a pair's shapes differ.
     """
-    with _torch_on_one_thread(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # torch on one intra-op thread while the comparison's threads run: each reads the setting when
+    # it first calls torch, and with more every thread's log started an OpenMP team on the same
+    # cores (on a busy 2-core machine a chunk's log took 180 us, not 23).
+    with torch_threads(1), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         prepared = list(pool.map(lambda pair: _prepare(*pair), pairs))
         pieces = [
             (index, start, min(start + _SEGMENT, p.size))

@@ -32,6 +32,7 @@ import torch
 
 from pytest_blendmask.fixtures import SAMPLE_IMAGES
 from pytest_blendmask.model import build_model
+from pytest_blendmask.perf.timing import torch_threads
 from pytest_blendmask.precision.compare import compare
 from pytest_blendmask.precision.dump import INDEX_FILE, Dump, DumpCollector
 from pytest_blendmask.precision.dump_dir import write_target_dump
@@ -69,10 +70,8 @@ def cpu_timed(fn: Callable[[], object], into: list[float]) -> None:
 
 @pytest.fixture
 def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def record(model: torch.nn.Module, batch: torch.Tensor, mode: str = "full", dtype: torch.dtype | None = None) -> Dump:
