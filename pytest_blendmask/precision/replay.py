@@ -25,8 +25,10 @@ Memory. A call's inputs live while its hook runs; the replay outputs are reduced
 norms per output at once; a copy of a module's output is kept only until the module that
 called it has been replayed (a container's direct callees, the working set of one call).
 Modules that change their input in place (``inplace=True``) get a copy of their inputs from
-a pre-hook; any other module that changes its input in place is an error that names it,
-because its replay would start from the wrong values. The root is not replayed.
+a pre-hook; any other module that changes an input tensor in place is an error that names it,
+because its replay would start from the wrong values. Input lists, tuples and dicts are kept
+as they came in, so a module that appends to its input list (torchvision's FPN extra blocks)
+replays from the list it was given. The root is not replayed.
 """
 from __future__ import annotations
 
@@ -167,9 +169,11 @@ class _Hooks:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self.replaying:
                 return
-            if getattr(module, "inplace", False):
-                args, kwargs = _map_tensors((args, kwargs), lambda t: t.clone())
-            self.saved.setdefault(id(module), []).append((args, kwargs, _versions((args, kwargs))))
+            # Lists and dicts are rebuilt, so that one the module appends to is replayed as it came in;
+            # tensors of an `inplace` module are copied, and any other's are checked after the call.
+            cloned = getattr(module, "inplace", False)
+            args, kwargs = _map_tensors((args, kwargs), (lambda t: t.clone()) if cloned else (lambda t: t))
+            self.saved.setdefault(id(module), []).append((args, kwargs, None if cloned else _versions((args, kwargs))))
             self.frames.append([])
 
         return hook
@@ -180,10 +184,10 @@ class _Hooks:
                 return
             saved_args, saved_kwargs, versions = self.saved[id(module)].pop()
             callees = self.frames.pop()
-            if saved_args is args and _versions((args, kwargs)) != versions:
+            if versions is not None and _versions((saved_args, saved_kwargs)) != versions:
                 raise ReplayError(
                     f"{name} ({type(module).__name__}) changed its input in place and has no `inplace` attribute: "
-                    "its replay would start from the changed values; exclude it from the replay"
+                    "its replay would start from the changed values; give it `inplace = True` (its inputs are then copied before each call)"
                 )
             call = self.calls[name]
             self.calls[name] += 1

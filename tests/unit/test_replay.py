@@ -32,6 +32,26 @@ class InPlaceWithoutFlag(nn.Module):
         return x.mul_(2)
 
 
+class AppendsPooled(nn.Module):
+    """Appends to the list it is given, as torchvision's FPN extra blocks (``LastLevelMaxPool``) do."""
+
+    def forward(self, features: list[torch.Tensor], names: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+        features.append(nn.functional.max_pool2d(features[-1], 1, 2))
+        names.append("pool")
+        return features, names
+
+
+class Pyramid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.extra = AppendsPooled()
+
+    def forward(self, x):
+        features, names = self.extra([self.conv(x)], ["conv"])
+        return dict(zip(names, features))
+
+
 def test_a_replayer_equal_to_the_reference_has_zero_local_error_and_names_match_the_dump():
     model = build_model("lite").eval()
     batch = torch.randn(1, 3, 64, 64)
@@ -61,10 +81,28 @@ def test_replay_feeds_an_inplace_module_its_input_before_the_change_and_records_
     assert by_name["act"].inputs == ("a",) and by_name["b#0"].inputs == ("act",) and by_name["a"].inputs == ()
 
 
-def test_a_module_changing_its_input_in_place_without_an_inplace_flag_is_named():
+def test_a_module_changing_its_input_in_place_without_an_inplace_flag_is_named_with_the_fix():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), InPlaceWithoutFlag()).eval()
-    with pytest.raises(ReplayError, match=r"^1 \(InPlaceWithoutFlag\) changed its input in place"):
-        replay(model, lambda m: m(torch.randn(1, 3, 4, 4)), {"copy": module_replayer(copy.deepcopy(model), "cpu", FP32)})
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ReplayError, match=r"^1 \(InPlaceWithoutFlag\) changed its input in place.*give it `inplace = True`"):
+        replay(model, lambda m: m(x), {"copy": module_replayer(copy.deepcopy(model), "cpu", FP32)})
+    model[1].inplace = True  # the advice
+    local = replay(model, lambda m: m(x), {"copy": module_replayer(copy.deepcopy(model), "cpu", FP32)})
+    assert [e.error_norm for e in local["copy"]] == [0.0, 0.0]
+
+
+def test_a_module_appending_to_its_input_list_replays_from_the_list_it_was_given():
+    model = Pyramid().eval()
+    x = torch.randn(1, 3, 8, 8)
+    faulty = copy.deepcopy(model)
+    faulty.extra.register_forward_hook(lambda module, args, output: ([output[0][0], output[0][1] * 1.05], output[1]))
+    local = replay(model, lambda m: m(x), {"same": module_replayer(copy.deepcopy(model), "cpu", FP32),
+                                            "faulty": module_replayer(faulty, "cpu", FP32)})
+    assert [e.name for e in local["same"]] == ["conv", "extra.0.0", "extra.0.1"]
+    assert all(e.error_norm == 0.0 for e in local["same"])  # one feature in, not the two it had after
+    faulty_errors = {e.name: e for e in local["faulty"]}
+    assert faulty_errors["extra.0.0"].error_norm == 0.0
+    assert faulty_errors["extra.0.1"].relative_error == pytest.approx(0.05, rel=1e-4)
 
 
 def test_replay_leaves_the_reference_forward_unchanged():
