@@ -12,6 +12,10 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_
 from pytest_blendmask.model import ModelProtocolError, TensorModel, build_model, is_detector, probe
 from pytest_blendmask.model.protocol import as_gated_model, missing_for_detection
 from pytest_blendmask.model.torchvision_detector import TorchvisionDetector
+from pytest_blendmask.noise_floor import against_its_floor, target_floor
+from pytest_blendmask.precision.compare import compare
+from pytest_blendmask.precision.thresholds import load_thresholds
+from pytest_blendmask.targets import LoadContext, parse_target
 
 
 def _images(count: int = 2, size: tuple[int, int] = (96, 128)) -> list[torch.Tensor]:
@@ -131,6 +135,23 @@ def test_torchvision_adapter_gives_torchvisions_own_detections(mask_rcnn: nn.Mod
 def test_the_adapter_refuses_a_one_stage_detector() -> None:
     with pytest.raises(TypeError, match="takes a torchvision GeneralizedRCNN"):
         TorchvisionDetector(fcos_resnet50_fpn(weights=None, weights_backbone=None))
+
+
+def test_mask_rcnns_noise_floor_names_a_fault_next_to_its_fpns_list_appending_block(mask_rcnn: nn.Module) -> None:
+    # torchvision's LastLevelMaxPool appends to the list its FPN gives it: replay takes the list as it came in.
+    model = TorchvisionDetector(mask_rcnn)
+    batch, sizes = model.preprocess(_images(1))
+    thresholds, target = load_thresholds(), parse_target("cpu:bf16")
+    reference = parse_target("cpu").run(model, batch, sizes)
+    floor = target_floor(target, model, batch, reference, thresholds)
+    runner = target.load(model, LoadContext((96, 128)))
+    faulty = "detector.backbone.fpn.layer_blocks.3"  # P5, which the extra block pools into P6
+    runner.model.get_submodule(faulty).register_forward_hook(lambda module, args, output: output * 1.05)
+    accumulated = lambda: compare(reference.dump, target.run(model, batch, sizes, runner=runner).dump,  # noqa: E731
+                                  thresholds.tensor[target.precision])
+    comparison = against_its_floor(target, runner, model, batch, reference, lambda: floor, thresholds, accumulated)
+    assert (comparison.localisation.kind, comparison.localisation.module) == ("LOCAL", faulty), comparison.localisation.detail
+    assert "detector.backbone.fpn.extra_blocks.0.4" in comparison.by_name()  # the pooled P6, replayed
 
 
 def test_the_adapter_refuses_a_box_only_detector() -> None:
