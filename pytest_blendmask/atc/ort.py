@@ -23,7 +23,6 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import Tensor, nn
@@ -203,32 +202,6 @@ def quantize_int8(path: Path, out_path: Path, reader: CalibrationDataReader) -> 
             prepared.unlink(missing_ok=True)
 
     return _replace_atomically(write, out_path)
-
-
-def with_intermediate_outputs(model: onnx.ModelProto, op_types: tuple[str, ...] | None = None) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph also outputs every float intermediate tensor (Polygraphy's ``mark all``).
-
-    Args:
-        op_types: only mark outputs of these node types (e.g. ``("Conv", "Relu")``); all when None.
-
-    Marking a tensor as an output stops ONNX Runtime from fusing it away, so the marked graph
-    is slightly less optimised than the plain one: use it to find where outputs diverge, not
-    to measure the final error.
-    """
-    # ONNX's own inference loses shapes after the GroupNorm reshapes; ORT's symbolic one does not,
-    # and onnx.checker wants every graph output shaped.
-    inferred = SymbolicShapeInference.infer_shapes(model)
-    float_tensors = {
-        info.name: info for info in inferred.graph.value_info if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    }
-    existing = {o.name for o in model.graph.output}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for node in model.graph.node:
-        if op_types is not None and node.op_type not in op_types:
-            continue
-        out.graph.output.extend(float_tensors[name] for name in node.output if name in float_tensors and name not in existing)
-    return out
 
 
 @dataclass

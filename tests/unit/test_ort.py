@@ -22,7 +22,6 @@ from pytest_blendmask.atc.ort import (
     create_session,
     nodes_of_type,
     optimize_model,
-    with_intermediate_outputs,
 )
 from pytest_blendmask.data.calibration import synthetic_calibration
 from pytest_blendmask.model import build_model, load_weights
@@ -165,19 +164,3 @@ def test_silent_cpu_fallback_is_reported(active, fell_back):
         )
     else:
         assert message is None
-
-
-def test_intermediate_outputs_give_a_per_layer_view_without_changing_the_outputs(lite_onnx, tmp_path, two_image_batch):
-    proto = load_checked(lite_onnx.path)
-    marked_path = tmp_path / "marked.onnx"
-    onnx.save(with_intermediate_outputs(proto, ("Conv",)), str(marked_path))
-    marked = load_checked(marked_path)
-    extra = [o.name for o in marked.graph.output][len(lite_onnx.output_names):]
-    conv_outputs = [node.output[0] for node in proto.graph.node if node.op_type == "Conv"]
-    assert extra == [name for name in conv_outputs if name not in lite_onnx.output_names]
-    assert extra[0].startswith("/backbone/bottom_up/stem/conv1/")
-    feed = {"input": two_image_batch[:1].numpy()}
-    plain = create_session(lite_onnx.path).run(None, feed)
-    with_layers = create_session(marked_path).run(None, feed)
-    for a, b in zip(plain, with_layers):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
