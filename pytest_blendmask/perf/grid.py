@@ -14,9 +14,10 @@ mode      serial, streams                          serial, streams
 ========  =======================================  ====================================
 
 The half type of the quick grid is fp16 on accelerators and bf16 on the CPU: CPU fp16
-autocast has no native kernels on x86 (measured 50x slower than fp32 on this machine's
-avx512_bf16 CPU, where bf16 is 2.5x faster), so timing it in CI would only measure the
-emulation. Stream-parallel points need a cuda or npu device; on the CPU they are kept in
+autocast has no native kernels on most x86 CPUs (PyTorch's fallback measured 50x slower
+than fp32 on an avx512_bf16 CPU, where bf16 is 2.5x faster; without native kernels the gate
+runs half convolutions on the float32 ones, ``cpu_half_kernels``), so timing it in CI would
+only measure an emulation. Stream-parallel points need a cuda or npu device; on the CPU they are kept in
 the grid and skipped with the reason, so the serial-vs-streams table shows why it is empty.
 """
 from __future__ import annotations

@@ -16,7 +16,9 @@ Emulations, and the targets they stand for:
                   does not emulate: switch it off for an fp32 gate
                   (``torch.npu.conv.allow_hf32 = False``) or gate the NPU as ``npu:N:fp16``.
 ``autocast_fp16`` ``torch.autocast("cpu", float16)``: convolutions and matmuls in fp16, the rest in
-                  float32, as ATC's ``allow_fp32_to_fp16`` and ``*:fp16`` targets do.
+                  float32, as ATC's ``allow_fp32_to_fp16`` and ``*:fp16`` targets do. (Half
+                  convolutions and matmuls run as the float32 kernel on the fp16 values, rounded
+                  back: the same arithmetic, ``cpu_half_kernels``.)
 ``autocast_bf16`` the same in bfloat16 (``*:bf16`` targets).
 ``half``          every operator in fp16 (``model.half()``, inputs cast): ATC's ``force_fp16``,
                   most NPU fp16 builds, ``*:fp16:force`` and ``ort:fp16`` targets.
@@ -34,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..dtypes import autocast
+from ..dtypes import Dtype, autocast
 from .compare import ComparisonResult, compare
 from .dump import Dump, DumpCollector
 from .quantize import int8_copy
@@ -49,7 +51,7 @@ class Emulation:
     """One way to compute in reduced precision on the CPU (module doc)."""
 
     name: str
-    autocast_dtype: str  # "fp32" for none
+    dtype: Dtype  # for dtypes.autocast: autocast to it for an uncast model, or forced for a cast one
     cast: torch.dtype | None  # the dtype the model and its inputs are cast to, None to keep float32
     quantized: bool = False  # int8: a copy quantised from the reference's weights and a calibration set
 
@@ -65,7 +67,7 @@ class Emulation:
         return copy.deepcopy(reference).to(self.cast).eval()
 
     def context(self) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-        return lambda: autocast("cpu", self.autocast_dtype)  # type: ignore[arg-type]
+        return lambda: autocast("cpu", self.dtype, forced=self.cast is not None)
 
     def replayer(self, floor_model: nn.Module) -> Replayer:
         """Replays each module of ``floor_model`` (``model(reference)``) in this precision on the CPU."""
@@ -85,7 +87,7 @@ EMULATIONS = {
         Emulation("fp64", "fp32", torch.float64),
         Emulation("autocast_fp16", "fp16", None),
         Emulation("autocast_bf16", "bf16", None),
-        Emulation("half", "fp32", torch.float16),
+        Emulation("half", "fp16", torch.float16),
         Emulation("int8", "fp32", None, quantized=True),
     )
 }

@@ -103,11 +103,6 @@ class EagerTarget(Target):
         return f"{base}:{FORCE}" if self.force else base
 
     @property
-    def autocast_dtype(self) -> Dtype:
-        """The autocast it runs under: none when forced, its inputs and weights are already fp16."""
-        return "fp32" if self.force else self.dtype
-
-    @property
     def floor(self) -> str:
         return _FLOORS[(self.dtype, self.force)]
 
@@ -120,7 +115,7 @@ class EagerTarget(Target):
         from ..precision.replay import module_replayer, replay
 
         replayer = module_replayer(runner.model, self.device,
-                                   lambda: autocast(torch.device(self.device).type, self.autocast_dtype),
+                                   lambda: autocast(torch.device(self.device).type, self.dtype, forced=self.force),
                                    torch.float16 if self.force else None)
         return replay(reference, lambda model: forward(model, batch), {"device": replayer})["device"]
 
@@ -211,7 +206,7 @@ class EagerRunner:
 
         device = torch.device(self.target.device)
         grad_mode = torch.no_grad() if versioned else torch.inference_mode()
-        with grad_mode, autocast(device.type, self.target.autocast_dtype):
+        with grad_mode, autocast(device.type, self.target.dtype, forced=self.target.force):
             return self.model.forward_raw(batch.to(device, torch.float16 if self.target.force else batch.dtype))
 
     def postprocess(self, device_raw: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]] | None:
@@ -220,7 +215,7 @@ class EagerRunner:
         import torch
 
         device = torch.device(self.target.device)
-        with autocast(device.type, self.target.autocast_dtype):
+        with autocast(device.type, self.target.dtype, forced=self.target.force):
             detections = host_postprocess(self.model, device_raw, image_sizes)
         return None if detections is None else [to_host(image) for image in detections]
 
