@@ -11,6 +11,7 @@ skips included.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 
@@ -60,6 +61,18 @@ def run_id(config: pytest.Config) -> str:
         if hasattr(config.option, "testrunuid"):  # xdist is loaded
             config.option.testrunuid = config.stash[_run_key]
     return config.stash[_run_key]
+
+
+def idle_threads_sleep_in_workers(config: pytest.Config) -> None:
+    """In an xdist controller about to start workers, ``OMP_WAIT_POLICY=PASSIVE`` for them, unless set.
+
+    Each worker's OpenMP threads spin for a while after every parallel region by default;
+    with several workers on the cores of one host, the spinning threads of one take the cores
+    the other computes on (``pytest -n 2 -m precision`` took 1.45x the serial time here, 1.15x
+    with idle threads sleeping). Called before xdist spawns the workers, which inherit it.
+    """
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _item_target(item: pytest.Item) -> Target | None:

@@ -12,7 +12,7 @@ import pytest
 from pytest_blendmask.cache_dir import remove_session_dir
 from pytest_blendmask.environment import collect_environment, environment_at_end
 from pytest_blendmask.fixtures import chosen_targets, class_map_key, factory_model_key, settings_key, thresholds_key
-from pytest_blendmask.placement import group_perf_items, run_id, tag_items
+from pytest_blendmask.placement import group_perf_items, idle_threads_sleep_in_workers, run_id, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import (
@@ -68,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
     register_html_hooks(config)
     interrupt_on_sigterm(config)
     run_id(config)  # before xdist starts its workers: they get this id (placement.run_id)
+    idle_threads_sleep_in_workers(config)  # and this environment
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -38,6 +38,25 @@ def test_records_of_an_xdist_run_equal_those_of_a_serial_run(pytester: pytest.Py
     assert _canonical(distributed_report) == _canonical(serial_report)
 
 
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_xdist_workers_let_idle_openmp_threads_sleep_unless_told_otherwise(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, given: str | None,
+) -> None:
+    if given is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # an outer xdist run of this suite sets it
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", given)
+    pytester.makepyfile(f"""
+        import os
+
+        def test_policy():
+            assert os.environ.get("OMP_WAIT_POLICY") == {given or "PASSIVE"!r}
+            assert os.environ.get("PYTEST_XDIST_WORKER")
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=1)
+
+
 @pytest.mark.parametrize(
     ("devices", "worker_id", "expected"),
     [(("npu:0", "npu:1"), "gw0", "npu:0"), (("npu:0", "npu:1"), "gw3", "npu:1"), (("npu:0", "npu:1"), None, "npu:0"),
