@@ -43,7 +43,7 @@ SAMPLE_IMAGES = 2  # two images, so that code mixing up per-image results shows 
 # The detection level's images: the sample batch's and the next, the evaluation split's
 # first 10 at its size, where the detection limits were measured.
 DETECTION_IMAGES = 10
-ACCURACY_IMAGES = 50  # the first 50 of the 200-image evaluation split: AP to about +-1 point, ~1 min per target on 2 cores
+ACCURACY_IMAGES = 50  # the evaluation split's first 50 images: AP to about +-1 point
 # With --bm-dataset the same levels take its evaluation images instead (data/dataset.py): the
 # sample batch its first two, the detection level its first ten, the AP level all of them
 # (--bm-dataset-limit); int8 targets and their floor calibrate on its first images.
@@ -220,8 +220,8 @@ def split_key(data: DatasetEval | None, limit: int | None) -> dict[str, Any]:
     if data is None:
         from pytest_blendmask.data import ANNOTATIONS_FILE, ensure_split, load_split
 
-        root = ensure_split()
         count = limit or ACCURACY_IMAGES
+        root = ensure_split(num_images=count)
         files = [root / ANNOTATIONS_FILE, *load_split(root).image_paths[:count]]
         return {"split": root.name, "files": files_digest(files), "limit": count}
     images = data.images[:limit]
@@ -361,7 +361,11 @@ def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any], bm
     def compute(spec: Target, limit: int | None) -> Any:
         if bm_dataset is not None:
             return run_dataset(blendmask_model, spec, bm_dataset, compiled_target(spec), limit)
-        return run_split(blendmask_model, spec, limit=limit or ACCURACY_IMAGES, runner=compiled_target(spec))
+        from pytest_blendmask.data import ensure_split
+
+        count = limit or ACCURACY_IMAGES
+        # The split of the first `count` images: image k is the same in a split of any length.
+        return run_split(blendmask_model, spec, ensure_split(num_images=count), limit=count, runner=compiled_target(spec))
 
     def get(spec: Target, limit: int | None = None) -> Any:
         if (spec.id, limit) not in cache:

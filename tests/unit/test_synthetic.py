@@ -168,6 +168,14 @@ def test_coco_split_round_trips_masks_images_and_boxes(tmp_path) -> None:
             assert ann["iscrowd"] == 0
 
 
+def test_a_shorter_split_is_the_start_of_a_longer_one(tmp_path) -> None:
+    # The acceptance suite generates only the images it evaluates (the first 50 of the card's 200).
+    short, long = (load_split(ensure_split("unit", num_images=n, seed=3, size=64, root=tmp_path)) for n in (2, 3))
+    assert [p.read_bytes() for p in short.image_paths] == [p.read_bytes() for p in long.image_paths[:2]]
+    assert short.coco["images"] == long.coco["images"][:2]
+    assert short.coco["annotations"] == [a for a in long.coco["annotations"] if a["image_id"] <= 2]
+
+
 def test_second_call_reuses_the_cache_without_generating(tmp_path, monkeypatch) -> None:
     first = ensure_split("unit", num_images=2, seed=1, size=64, root=tmp_path)
 
