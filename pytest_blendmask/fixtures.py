@@ -212,16 +212,24 @@ def batch_key(batch: SampleBatch, settings: Settings) -> dict[str, Any]:
             "dump_mode": settings.dump_mode}
 
 
+def synthetic_split(limit: int | None) -> tuple[Path, int]:
+    """The synthetic evaluation split of the first ``limit`` images (``ACCURACY_IMAGES`` when None), and
+    that count: image k is the same in a split of any length, so no more are generated than are scored."""
+    from pytest_blendmask.data import ensure_split
+
+    count = limit or ACCURACY_IMAGES
+    return ensure_split(num_images=count), count
+
+
 def split_key(data: DatasetEval | None, limit: int | None) -> dict[str, Any]:
     """The cache key parts of a ``split_run``: the files its images are read from (``--bm-dataset``'s
     annotations and images with their letterbox, else the synthetic split's) and how many."""
     from pytest_blendmask.run_cache import files_digest
 
     if data is None:
-        from pytest_blendmask.data import ANNOTATIONS_FILE, ensure_split, load_split
+        from pytest_blendmask.data import ANNOTATIONS_FILE, load_split
 
-        count = limit or ACCURACY_IMAGES
-        root = ensure_split(num_images=count)
+        root, count = synthetic_split(limit)
         files = [root / ANNOTATIONS_FILE, *load_split(root).image_paths[:count]]
         return {"split": root.name, "files": files_digest(files), "limit": count}
     images = data.images[:limit]
@@ -361,11 +369,8 @@ def split_run(blendmask_model: Any, compiled_target: Callable[[Target], Any], bm
     def compute(spec: Target, limit: int | None) -> Any:
         if bm_dataset is not None:
             return run_dataset(blendmask_model, spec, bm_dataset, compiled_target(spec), limit)
-        from pytest_blendmask.data import ensure_split
-
-        count = limit or ACCURACY_IMAGES
-        # The split of the first `count` images: image k is the same in a split of any length.
-        return run_split(blendmask_model, spec, ensure_split(num_images=count), limit=count, runner=compiled_target(spec))
+        root, count = synthetic_split(limit)
+        return run_split(blendmask_model, spec, root, limit=count, runner=compiled_target(spec))
 
     def get(spec: Target, limit: int | None = None) -> Any:
         if (spec.id, limit) not in cache:

@@ -10,8 +10,8 @@ batch. Printed per target: the highest value of each floor metric over every bat
 with where it was, the batches that raised an alarm, the seconds and the process's peak RSS.
 Exit status 1 when any batch raised an alarm, 2 on a bad option.
 
-A sweep of R_50 at 640x640 takes about an hour a target here, so ``--log`` writes each
-batch's result as a JSON line as soon as it is measured, and ``--resume`` continues a
+A sweep of R_50 at 640x640 takes minutes to a quarter of an hour a target here, so ``--log``
+writes each batch's result as a JSON line as soon as it is measured, and ``--resume`` continues a
 stopped sweep from its log: logged batches count without being run again. The log's first
 line holds the sweep's settings; resuming with other settings is refused.
 """
