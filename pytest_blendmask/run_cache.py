@@ -44,9 +44,9 @@ T = TypeVar("T")
 
 
 def package_code_digest() -> str:
-    """SHA-256 over this package's ``.py`` sources (path and bytes): a development edit changes it."""
+    """SHA-256 over this package's ``.py`` and ``.c`` sources (path and bytes): a development edit changes it."""
     digest = hashlib.sha256()
-    for path in sorted(_PACKAGE_DIR.rglob("*.py")):
+    for path in sorted(p for pattern in ("*.py", "*.c") for p in _PACKAGE_DIR.rglob(pattern)):
         digest.update(f"{path.relative_to(_PACKAGE_DIR).as_posix()}|".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

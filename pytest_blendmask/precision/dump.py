@@ -21,8 +21,8 @@ the submodules that produce them (``basis_module``, ``proposal_generator.fcos_he
 
 Modes. ``full`` keeps a CPU float32 copy of every output (exact for fp16/bf16), whose
 statistics are computed when first asked for; ``stats`` keeps only max/min/mean/L2 norm,
-computed on the output's device in float32 and fetched once when the forward ends, so
-big models fit. A module that returns an unchanged tensor already recorded
+computed on the output's device in float32 and fetched once when the forward ends (a CPU
+float32 output in one pass, ``stats_kernel.py``), so big models fit. A module that returns an unchanged tensor already recorded
 (``Conv2dNorm`` returns its norm's output, a ``Sequential`` its last child's) shares that
 entry's copy instead of making another one: unchanged means the same tensor object with
 the same version counter or, for inference tensors which have none, the same contents.
@@ -46,6 +46,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .stats_kernel import one_pass_sums
 
 Mode = Literal["full", "stats"]
 MODES = ("full", "stats")
@@ -233,11 +235,12 @@ def _same_contents(copy: Tensor, t: Tensor) -> bool:
     return np.array_equal(copy.numpy(), current.numpy())
 
 
-_StatSums = tuple[Tensor, Tensor, Tensor, Tensor]
+_StatSums = tuple[Tensor, Tensor, Tensor, Tensor] | tuple[float, float, float, float]
 
 
 def _stats_sums(t: Tensor) -> _StatSums:
-    """(max, min, sum, sum of squares) as 0-d float32 tensors on ``t``'s device (no host sync).
+    """(max, min, sum, sum of squares) of ``t``: host floats from ``stats_kernel``'s one pass
+    for a dense CPU float32 tensor, else 0-d float32 tensors on ``t``'s device (no host sync).
 
     ``_stats`` turns the sums into mean and L2 norm once they are on the host. A tuple, not
     one stacked tensor: a stack per output cost as much as the three reductions of a small
@@ -246,6 +249,9 @@ def _stats_sums(t: Tensor) -> _StatSums:
     if t.numel() == 0:
         nan = torch.full((), float("nan"), device=t.device)
         return nan, nan, nan, nan
+    one_pass = one_pass_sums(t)
+    if one_pass is not None:
+        return one_pass
     lo, hi = torch.aminmax(t)
     if t.dtype == torch.float32:
         flat = t.reshape(-1)
@@ -256,10 +262,11 @@ def _stats_sums(t: Tensor) -> _StatSums:
 
 
 def _stats_on_host(sums: Sequence[_StatSums], numels: Sequence[int]) -> list[TensorStats]:
-    """The statistics of each tensor from its ``_stats_sums``, with one device-to-host transfer."""
-    if not sums:
-        return []
-    rows = torch.stack([value for four in sums for value in four]).view(-1, 4).cpu().tolist()
+    """The statistics of each tensor from its ``_stats_sums``, with one device-to-host transfer
+    for all those still on a device."""
+    on_device = [four for four in sums if isinstance(four[0], Tensor)]
+    fetched = iter(torch.stack([v for four in on_device for v in four]).view(-1, 4).cpu().tolist() if on_device else [])
+    rows = [next(fetched) if isinstance(four[0], Tensor) else list(four) for four in sums]
     return [_stats(row, numel) for row, numel in zip(rows, numels)]
 
 

@@ -5,12 +5,16 @@ most 1.1x (lite at 512x512 and R_50 at 640x640, each on a batch of the suite's s
 size, the batch it dumps); comparing every dump of one 640x640 R_50
 forward at most 2 s wall and at least 1 GB/s. Dumps are recorded under ``no_grad``, as
 ``Target.run`` records them: version counters let a container's unchanged output share its
-child's entry.
+child's entry. A stats dump reduces CPU float32 outputs in one pass where a C compiler is
+found (``precision/stats_kernel.py``; torch's three reductions otherwise, which measured
+1.07-1.14x on lite): extra_info's ``stats_reduction`` says which ran.
 
 Wall times on shared 2-core machines swing by 2x from round to round, and CI machines are
 slower than development ones (5.0 s of CPU for the R_50 comparison in CI against 2.4-3.4 s
 here). So every budget is a ratio of CPU times measured in the same run: the dump ratios
-compare single-threaded runs (the fastest of interleaved rounds: 9 for lite, 3 for R_50), and the R_50
+compare single-threaded runs (the fastest of interleaved rounds: 9 for lite, 3 for R_50, up to 6
+more each where those are over budget: on 2026-12-06 R_50's stats dump measured 1.01-1.04x in
+five runs and 1.12-1.15x in two, with every dump round slower than the fastest plain one), and the R_50
 comparison is held against the CPU time of a plain fp32 forward of the same model and input
 (2 s of 2 cores is 4 s of CPU, against about 2.9 s of CPU for that forward: 1.4x).
 Seconds, the comparison's median wall time and its bytes per second (both dumps' tensors as
@@ -23,7 +27,6 @@ import json
 import os
 import statistics
 import time
-import warnings
 from copy import deepcopy as copy_module
 from collections.abc import Callable
 
@@ -36,17 +39,12 @@ from pytest_blendmask.perf.timing import torch_threads
 from pytest_blendmask.precision.compare import compare
 from pytest_blendmask.precision.dump import INDEX_FILE, Dump, DumpCollector
 from pytest_blendmask.precision.dump_dir import write_target_dump
+from pytest_blendmask.precision.stats_kernel import kernel_status
 from pytest_blendmask.precision.thresholds import load_thresholds
 from ..unit.msprobe_support import require_msprobe, run_msprobe_compare
 
 DUMP_BUDGET_RATIO = {"full": 1.5, "stats": 1.1}
-# Where the budget is not met in every run, the level measured, held so that it does not get worse;
-# the budget stays the budget, and a run over it says so (a warning, and budget_met in extra_info).
-# Stats dumps on 2026-12-06, 2-core machine: lite 1.07-1.14x, over 1.1 in 6 of 11 runs (three
-# reductions per output at memory speed, next to lite's cheap convolutions; numpy, L2-sized
-# chunks, var_mean and a torch.compile'd fused reduction were each measured slower); R_50
-# 1.04-1.09x, and 1.14x once with the machine quiet (its plain forward varied by 10 % between runs).
-UNMET_BUDGET_LIMIT = {("lite", "stats"): 1.2, ("R_50", "stats"): 1.2}
+EXTRA_ROUNDS = 6  # of each side, only where the first rounds measure over budget (test_dump_overhead)
 COMPARE_BUDGET_RATIO = 1.4  # 2 s against the ~1.5 s forward of the machine the issue was sized on
 MSPROBE_SPEEDUP = 5.0
 
@@ -117,20 +115,29 @@ def test_dump_overhead(benchmark, single_thread, model_name, size, rounds, mode)
         warmup_rounds=1,
     )
     # Other processes only ever add time, so the fastest round of each side is the best estimate of
-    # its own cost (per-round ratios spread from 0.9 to 1.6 on this 2-core machine).
-    ratio = min(dumped) / min(plain)
+    # its own cost (per-round ratios spread from 0.9 to 1.6 on this 2-core machine). A burst of
+    # memory traffic from another machine can cover every dump round while one plain round gets
+    # through: more interleaved rounds then, until the estimate is within budget or EXTRA_ROUNDS
+    # are spent. A real regression stays over budget in every round and still fails.
     budget = DUMP_BUDGET_RATIO[mode]
-    limit = UNMET_BUDGET_LIMIT.get((model_name, mode), budget)
+    extra = 0
+    while min(dumped) / min(plain) > budget and extra < EXTRA_ROUNDS:
+        cpu_timed(forward, plain)
+        cpu_timed(lambda: record(model, batch, mode), dumped)
+        extra += 1
+    ratio = min(dumped) / min(plain)
     benchmark.extra_info.update(
         model=model_name, input_size=size, batch=SAMPLE_IMAGES, mode=mode, threads=1, plain_forward_cpu_s=min(plain),
-        dump_forward_cpu_s=min(dumped), overhead_ratio=ratio, budget_ratio=budget,
-        budget_met=ratio <= budget, limit_ratio=limit,
+        dump_forward_cpu_s=min(dumped), plain_rounds_cpu_s=plain, dump_rounds_cpu_s=dumped, extra_rounds=extra,
+        overhead_ratio=ratio, budget_ratio=budget,
+        stats_reduction=kernel_status() if mode == "stats" else None,
     )
-    measured = (f"{mode} dump of {model_name} takes {ratio:.3f}x a plain forward ({min(dumped):.3f} s against "
-                f"{min(plain):.3f} s of CPU, the fastest of {len(plain)} rounds each)")
-    if ratio > budget:  # only where UNMET_BUDGET_LIMIT holds it looser: the assertion fails otherwise
-        warnings.warn(f"budget unmet: {measured}; budget {budget}x, held at the measured level {limit}x", stacklevel=1)
-    assert ratio <= limit, f"{measured}; {'budget' if limit == budget else 'limit (budget ' + str(budget) + 'x unmet)'} {limit}x"
+    assert ratio <= budget, (
+        f"{mode} dump of {model_name} takes {ratio:.3f}x a plain forward ({min(dumped):.3f} s against {min(plain):.3f} s "
+        f"of CPU, the fastest of {len(plain)} rounds each: plain {[round(t, 3) for t in plain]}, dump "
+        f"{[round(t, 3) for t in dumped]}); budget {budget}x"
+        + (f"; statistics by {kernel_status()}" if mode == "stats" else "")
+    )
 
 
 @pytest.fixture(scope="module")
