@@ -38,6 +38,7 @@ from ..cache_dir import cache_root
 SOURCE = Path(__file__).with_name("tensor_stats.c")
 FLAGS = ("-O3", "-shared", "-fPIC")
 KERNEL_DIR = "kernels"
+BUILD_TIMEOUT_S = 120  # a compiler that hangs must not hang the dump: it takes 0.2 s
 
 
 class _Kernel(NamedTuple):
@@ -70,7 +71,7 @@ def _kernel() -> _Kernel:
     if not library.exists():
         try:
             _build(command, library)
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", None) or str(error)
             return _Kernel(None, f"torch reductions: building {SOURCE.name} with {command[0]} failed: {detail.strip()[:300]}")
     try:
@@ -89,7 +90,7 @@ def _build(command: list[str], library: Path) -> None:
     descriptor, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
     os.close(descriptor)
     try:
-        subprocess.run([*command, *FLAGS, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True)
+        subprocess.run([*command, *FLAGS, str(SOURCE), "-o", partial], check=True, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         os.replace(partial, library)
     finally:
         Path(partial).unlink(missing_ok=True)
