@@ -75,6 +75,20 @@ def idle_threads_sleep_in_workers(config: pytest.Config) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def steal_work_when_idle(config: pytest.Config) -> None:
+    """``-n N`` without a ``--dist`` mode: ``--dist worksteal`` instead of xdist's ``load``.
+
+    The acceptance tests' durations are uneven: one AP test takes half of ``-m precision``,
+    and under ``load`` the tests queued behind it waited while the other worker sat idle for
+    its last 31 s (``pytest -n 2 -m precision``: 1.16-1.26x the serial time; 0.83-0.86x with
+    worksteal, which hands an idle worker the tests queued on a busy one). Runs before
+    xdist's own ``pytest_cmdline_main`` picks ``load``; a ``--dist`` given is kept.
+    """
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no" and not getattr(option, "distload", False):
+        option.dist = "worksteal"
+
+
 def _item_target(item: pytest.Item) -> Target | None:
     """The target the item runs: its ``dut_target`` parameter (the spec given, before any
     pinning), else the target of its perf ``grid_point`` parameter."""

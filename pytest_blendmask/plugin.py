@@ -7,12 +7,14 @@ with the environment captured then, once). torch is never imported at module lev
 """
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
 
 from pytest_blendmask.cache_dir import remove_session_dir
 from pytest_blendmask.environment import collect_environment, environment_at_end
 from pytest_blendmask.fixtures import chosen_targets, class_map_key, factory_model_key, settings_key, thresholds_key
-from pytest_blendmask.placement import group_perf_items, idle_threads_sleep_in_workers, run_id, tag_items
+from pytest_blendmask.placement import group_perf_items, idle_threads_sleep_in_workers, run_id, steal_work_when_idle, tag_items
 from pytest_blendmask.report.controller import ReportContext, register_controller, register_html_hooks
 from pytest_blendmask.report.termination import interrupt_on_sigterm
 from pytest_blendmask.settings import (
@@ -58,6 +60,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             metavar=option.metavar,
             help=option_help(option),
         )
+
+
+@pytest.hookimpl(wrapper=True)  # a wrapper runs before every implementation, xdist's tryfirst one included
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, object, object]:
+    steal_work_when_idle(config)
+    return (yield)
 
 
 def pytest_configure(config: pytest.Config) -> None:

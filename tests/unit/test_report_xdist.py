@@ -57,6 +57,21 @@ def test_xdist_workers_let_idle_openmp_threads_sleep_unless_told_otherwise(
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.parametrize(("given", "expected"), [([], "worksteal"), (["--dist", "load"], "load"), (["-d", "--tx", "popen"], "load")])
+def test_xdist_steals_work_for_idle_workers_unless_a_dist_mode_is_given(
+    pytester: pytest.Pytester, given: list[str], expected: str,
+) -> None:
+    pytester.makeconftest("""
+        def pytest_configure(config):
+            if not hasattr(config, "workerinput"):  # the controller: workers do not get the mode
+                print("dist mode:", config.option.dist)
+    """)
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "2", "-s", *given)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"dist mode: {expected}"])
+
+
 @pytest.mark.parametrize(
     ("devices", "worker_id", "expected"),
     [(("npu:0", "npu:1"), "gw0", "npu:0"), (("npu:0", "npu:1"), "gw3", "npu:1"), (("npu:0", "npu:1"), None, "npu:0"),
