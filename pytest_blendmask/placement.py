@@ -80,8 +80,8 @@ def steal_work_when_idle(config: pytest.Config) -> None:
 
     The acceptance tests' durations are uneven: one AP test takes half of ``-m precision``,
     and under ``load`` the tests queued behind it waited while the other worker sat idle for
-    its last 31 s (``pytest -n 2 -m precision``: 1.16-1.26x the serial time; 0.83-0.86x with
-    worksteal, which hands an idle worker the tests queued on a busy one). Runs before
+    its last 31 s (``pytest -n 2 -m precision``: 1.16-1.26x the serial time run in pairs; 0.93x
+    and 1.03x with worksteal, which hands an idle worker the tests queued on a busy one). Runs before
     xdist's own ``pytest_cmdline_main`` picks ``load``; a ``--dist`` given is kept.
     """
     option = config.option

@@ -22,10 +22,11 @@ the submodules that produce them (``basis_module``, ``proposal_generator.fcos_he
 Modes. ``full`` keeps a CPU float32 copy of every output (exact for fp16/bf16), whose
 statistics are computed when first asked for; ``stats`` keeps only max/min/mean/L2 norm,
 computed on the output's device in float32 and fetched once when the forward ends (a CPU
-float32 output in one pass, ``stats_kernel.py``), so big models fit. A module that returns an unchanged tensor already recorded
-(``Conv2dNorm`` returns its norm's output, a ``Sequential`` its last child's) shares that
-entry's copy instead of making another one: unchanged means the same tensor object with
-the same version counter or, for inference tensors which have none, the same contents.
+float32 output in one pass, ``stats_kernel.py``), so big models fit. A module that returns
+an unchanged tensor already recorded (``Conv2dNorm`` returns its norm's output, a
+``Sequential`` its last child's) shares that entry's copy instead of making another one:
+unchanged means the same tensor object with the same version counter or, for inference
+tensors which have none, the same contents.
 Sharing halves the work of comparing a whole R_50 forward (342 entries, 246 tensors).
 """
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Each forward runs in a fresh process, whose peak resident set (``VmHWM`` of
 ``/proc/self/status``) is the measure. Not ``ru_maxrss``: Linux carries it across ``exec``
 from the process that forked, so after earlier benchmarks had grown pytest to 4.4 GiB all
-three children reported pytest's 4.4 GiB, and the budget could not fail. The measures: the plain forward, a ``stats`` capture (budget 1.2x the plain forward's peak) and a
-``full`` capture spilled to disk as ``--bm-dump-dir`` does it (``DumpCollector(spill_dir=)``).
+three children reported pytest's 4.4 GiB, and the budget could not fail. The measures: the
+plain forward, a ``stats`` capture (budget 1.2x the plain forward's peak) and a ``full``
+capture spilled to disk as ``--bm-dump-dir`` does it (``DumpCollector(spill_dir=)``).
 The spilled capture's bound is the stats capture's peak plus the largest single output's
 float32 copy, which the collector holds while writing it, plus a page (4 KiB) per spilled
 file for the map and the objects that keep it (measured 2026-12-06: 344 KiB over the first
