@@ -3,7 +3,7 @@
 ``$BM_CACHE_DIR`` when set, else ``.bm_cache`` in the repository checkout (found from this
 file), else in the working directory (an installed wheel has no checkout). Each cache has a
 folder of its own under it: ``data`` (synthetic splits), ``onnx`` (exports), ``reference``
-(the reference's results), ``kernels`` (``precision/stats_kernel.py``'s library) and
+(the reference's results), ``kernels`` (the C loops ``precision/c_kernels.py`` builds) and
 ``session`` (one session's device results, removed at its end).
 """
 from __future__ import annotations

@@ -28,21 +28,24 @@ disagree the docstring says which one is followed and why.
 Empty tensors (or tensors whose every position is a matched NaN/Inf) compare equal: errors
 0, cosine 1, ratios 1. Shapes must match (``ValueError`` otherwise).
 
-``tensor_metrics`` computes all of them in one chunked pass (comparing a whole model's
-dumps is the hot path); each single-metric function is a shorthand for one of its fields.
+``tensor_metrics`` computes all of them in one pass (comparing a whole model's dumps is the
+hot path): over float32 tensors, ``compare_kernel.py``'s loop in C where it is built, else
+(and over float64 ones) chunks of float64 numpy arrays, with the same sums to float64
+rounding. Each single-metric function is a shorthand for one of its fields.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..perf.timing import torch_threads
+from .compare_kernel import pair_sums
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)  # msaccucmp's floor in the KL normalisation
 ONE_THOUSANDTH = 0.001
@@ -187,6 +190,11 @@ class _Sums:
         self.abs_max = max(self.abs_max, other.abs_max)
         self.rel_max = max(self.rel_max, other.rel_max)
 
+    @classmethod
+    def from_kernel(cls, values: np.ndarray) -> _Sums:
+        """The sums ``compare_kernel.pair_sums`` returns, in this class's field order (counts exact in float64)."""
+        return cls(**{f.name: (int(v) if f.type == "int" else float(v)) for f, v in zip(fields(cls), values, strict=True)})
+
 
 def _prepare(dut: ArrayLike, ref: ArrayLike) -> _Pair | TensorMetrics:
     """The pair ready for ``_accumulate``, or its final metrics when there is nothing to
@@ -210,6 +218,13 @@ def _prepare(dut: ArrayLike, ref: ArrayLike) -> _Pair | TensorMetrics:
 
 
 def _accumulate(pair: _Pair, start: int, stop: int) -> _Sums:
+    """The sums over elements [start, stop) of ``pair``: in C where it applies, else in numpy."""
+    params = (*pair.d_kl, *pair.r_kl, ONE_THOUSANDTH, FIVE_THOUSANDTHS)
+    sums = pair_sums(pair.d[start:stop], pair.r[start:stop], params)
+    return _Sums.from_kernel(sums) if sums is not None else _accumulate_in_numpy(pair, start, stop)
+
+
+def _accumulate_in_numpy(pair: _Pair, start: int, stop: int) -> _Sums:
     """The chunked float64 pass over elements [start, stop) of ``pair``.
 
     Chunks of ``_CHUNK`` elements keep the float64 buffers in a core's cache. numpy, but

@@ -1,4 +1,6 @@
-"""Tensor metrics against hand-computed values, and the NaN/Inf/zero policy."""
+"""Tensor metrics against hand-computed values, and the NaN/Inf/zero policy: each test runs
+on both passes, the C loop (``compare_kernel.py``) and the numpy chunks it replaces where
+it cannot be built."""
 from __future__ import annotations
 
 import math
@@ -8,9 +10,19 @@ import pytest
 import torch
 
 from pytest_blendmask.precision import metrics
+from pytest_blendmask.precision.compare_kernel import kernel_status
 from pytest_blendmask.precision.metrics import tensor_metrics
 
 NAN, INF = math.nan, math.inf
+
+
+@pytest.fixture(autouse=True, params=["C", "numpy"])
+def comparison_pass(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setattr(metrics, "pair_sums", lambda d, r, params: None)
+    elif not kernel_status().startswith("one pass in C"):
+        pytest.skip(f"the C comparison pass is not built here: {kernel_status()}")
+    return request.param
 
 
 def t(*values: float) -> torch.Tensor:

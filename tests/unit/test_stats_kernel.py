@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from pytest_blendmask.precision import dump as dump_module
-from pytest_blendmask.precision import stats_kernel
+from pytest_blendmask.precision import c_kernels
+from pytest_blendmask.precision.c_kernels import compiler, library_path
 from pytest_blendmask.precision.dump import DumpCollector
-from pytest_blendmask.precision.stats_kernel import compiler, kernel_status, library_path, one_pass_sums
+from pytest_blendmask.precision.stats_kernel import FLAGS, SOURCE_NAME, kernel_status, one_pass_sums
 
 needs_compiler = pytest.mark.skipif(compiler() is None, reason="no C compiler on this machine ($CC, cc, gcc, clang): stats dumps use torch's reductions")
 
@@ -19,9 +20,9 @@ needs_compiler = pytest.mark.skipif(compiler() is None, reason="no C compiler on
 def fresh_kernel(tmp_path, monkeypatch):
     """A kernel looked up again, built into an empty cache root; the process's own is restored after."""
     monkeypatch.setenv("BM_CACHE_DIR", str(tmp_path))
-    stats_kernel._kernel.cache_clear()
+    c_kernels.load.cache_clear()
     yield tmp_path
-    stats_kernel._kernel.cache_clear()
+    c_kernels.load.cache_clear()
 
 
 def exact(t: torch.Tensor) -> tuple[float, float, float, float]:
@@ -122,7 +123,7 @@ def test_a_failed_build_names_the_compiler_and_its_error(fresh_kernel, monkeypat
 
 @needs_compiler
 def test_a_damaged_library_is_reported_with_its_path(fresh_kernel):
-    library = library_path(compiler())
+    library = library_path(SOURCE_NAME, compiler(), FLAGS)
     library.parent.mkdir(parents=True)
     library.write_bytes(b"not a shared library")
     assert kernel_status().startswith(f"torch reductions: loading {library} failed")
