@@ -10,16 +10,18 @@ found (``precision/stats_kernel.py``; torch's three reductions otherwise, which 
 1.07-1.14x on lite): extra_info's ``stats_reduction`` says which ran.
 
 Wall times on shared 2-core machines swing by 2x from round to round, and CI machines are
-slower than development ones (5.0 s of CPU for the R_50 comparison's numpy pass in CI against
-2.4-3.4 s here; the C pass, ``precision/compare_kernel.py``, takes 1.3-1.7 s here). So every
-budget is a ratio of CPU times measured in the same run: the dump ratios compare single-threaded runs (the fastest of interleaved rounds: 9 for lite, 3 for R_50, up to 6
-more each where those are over budget: on 2026-12-06 R_50's stats dump measured 1.01-1.03x in
-seven runs and 1.12-1.15x in two, with every dump round slower than the fastest plain one), and the R_50
-comparison is held against the CPU time of a plain fp32 forward of the same model and input
-(2 s of 2 cores is 4 s of CPU, against about 2.9 s of CPU for that forward: 1.4x).
-Seconds, the comparison's median wall time and its bytes per second (both dumps' tensors as
-stored, float32) go into extra_info with the pass that compared (``compare_pass``: C or numpy,
-and why), and the closing notes quote them from a quiet machine.
+slower than development ones (5.0 s of CPU for the R_50 comparison's numpy pass in CI
+against 2.4-3.4 s here; the C pass, ``precision/compare_kernel.py``, takes 1.3-1.7 s here).
+So every budget is a ratio of CPU times measured in the same run: the dump ratios compare
+single-threaded runs (the fastest of interleaved rounds: 9 for lite, 3 for R_50, up to 6
+more each where those are over budget: on 2026-12-06 R_50's stats dump measured 1.01-1.03x
+in seven runs and 1.12-1.15x in two, with every dump round slower than the fastest plain
+one), and the R_50 comparison is held against the CPU time of a plain fp32 forward of the
+same model and input (2 s of 2 cores is 4 s of CPU, against about 2.9 s of CPU for that
+forward: 1.4x). Seconds, the comparison's median wall time and its bytes per second (both
+dumps' tensors as stored, float32) go into extra_info with the pass that compared
+(``compare_pass``: C or numpy, and why), and the closing notes quote them from a quiet
+machine.
 """
 from __future__ import annotations
 
