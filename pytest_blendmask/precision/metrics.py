@@ -50,7 +50,7 @@ from .compare_kernel import pair_sums
 FLOAT32_EPS = float(np.finfo(np.float32).eps)  # msaccucmp's floor in the KL normalisation
 ONE_THOUSANDTH = 0.001
 FIVE_THOUSANDTHS = 0.005
-# Elements per chunk of the float64 pass: its buffers (4 MiB) stay in the L2 and L3 caches,
+# Elements per chunk of the numpy float64 pass: its buffers (4 MiB) stay in the L2 and L3 caches,
 # and each numpy call has enough work that two threads seldom wait on each other for the GIL.
 # Measured on an R_50 forward's dumps (2 cores): 8192 made the second thread slower than none,
 # 131072 took 1.8 s of wall on two threads against 2.8 s on one.
@@ -325,7 +325,8 @@ def metrics_of_pairs(pairs: Sequence[tuple[ArrayLike, ArrayLike]], workers: int)
 
     Tensors are cut into segments of ``_SEGMENT`` elements, so that one large tensor (a
     stem output is a quarter of a whole R_50 forward's dump) does not leave the other
-    threads idle at the end. numpy and torch release the GIL inside their loops.
+    threads idle at the end. The C pass (a ctypes call), numpy and torch release the GIL
+    inside their loops.
 
     Raises:
         ValueError: a pair's shapes differ.
