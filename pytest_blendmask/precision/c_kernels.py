@@ -42,6 +42,10 @@ class Kernel(NamedTuple):
     path: Path | None
     reason: str
 
+    def status(self, fallback: str) -> str:
+        """What its caller uses: this library, or ``fallback`` (the caller's own path) and why."""
+        return f"one pass in C ({self.path})" if self.function else f"{fallback}: {self.reason}"
+
 
 def compiler() -> list[str] | None:
     """The C compiler's command: ``$CC`` split as a shell would, else the first of cc, gcc, clang on PATH."""

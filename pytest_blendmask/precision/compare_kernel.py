@@ -39,8 +39,7 @@ def _kernel() -> Kernel:
 
 def kernel_status() -> str:
     """Which pass compares CPU float32 tensors here, and why (builds the kernel if needed)."""
-    kernel = _kernel()
-    return f"one pass in C ({kernel.path})" if kernel.function else f"numpy float64 chunks: {kernel.reason}"
+    return _kernel().status("numpy float64 chunks")
 
 
 def pair_sums(d: np.ndarray, r: np.ndarray, params: tuple[float, ...]) -> np.ndarray | None:

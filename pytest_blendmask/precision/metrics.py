@@ -36,6 +36,7 @@ rounding. Each single-metric function is a shorthand for one of its fields.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -185,10 +186,9 @@ class _Sums:
     kl_plogpq: float = 0.0
 
     def merge(self, other: _Sums) -> None:
-        for name in ("dd", "rr", "dr", "ee", "abs_sum", "rel_sum", "rel_n", "within_1", "within_5", "kl_p", "kl_q", "kl_plogpq"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.abs_max = max(self.abs_max, other.abs_max)
-        self.rel_max = max(self.rel_max, other.rel_max)
+        for f in fields(self):
+            combine = max if f.name.endswith("_max") else operator.add
+            setattr(self, f.name, combine(getattr(self, f.name), getattr(other, f.name)))
 
     @classmethod
     def from_kernel(cls, values: np.ndarray) -> _Sums:

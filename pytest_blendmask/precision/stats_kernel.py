@@ -34,8 +34,7 @@ def _kernel() -> Kernel:
 
 def kernel_status() -> str:
     """Which reduction a stats dump of a CPU float32 tensor uses here, and why (builds the kernel if needed)."""
-    kernel = _kernel()
-    return f"one pass in C ({kernel.path})" if kernel.function else f"torch reductions: {kernel.reason}"
+    return _kernel().status("torch reductions")
 
 
 def _fills_its_memory(t: Tensor) -> bool:

@@ -5,3 +5,15 @@
 import onnxruntime  # noqa: F401
 import torch  # noqa: F401
 import torchvision  # noqa: F401
+import pytest  # noqa: E402
+
+from pytest_blendmask.precision import c_kernels  # noqa: E402
+
+
+@pytest.fixture
+def fresh_kernels(tmp_path, monkeypatch):
+    """The C kernels looked up again, built into an empty cache root; the process's own are restored after."""
+    monkeypatch.setenv("BM_CACHE_DIR", str(tmp_path))
+    c_kernels.load.cache_clear()
+    yield tmp_path
+    c_kernels.load.cache_clear()

@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_blendmask.precision import c_kernels, compare_kernel, metrics
+from pytest_blendmask.precision import compare_kernel, metrics
 from pytest_blendmask.precision.compare_kernel import kernel_status, pair_sums
 
 built_here = pytest.mark.skipif(
     not kernel_status().startswith("one pass in C"), reason=f"the C comparison pass is not built here: {kernel_status()}"
 )
 COUNTS = ("rel_n", "within_1", "within_5")
-
-
-@pytest.fixture
-def fresh_kernel(tmp_path, monkeypatch):
-    """Kernels looked up again, built into an empty cache root; the process's own are restored after."""
-    monkeypatch.setenv("BM_CACHE_DIR", str(tmp_path))
-    c_kernels.load.cache_clear()
-    yield tmp_path
-    c_kernels.load.cache_clear()
 
 
 def both_passes(dut: torch.Tensor, ref: torch.Tensor) -> tuple[metrics._Sums, metrics._Sums]:
@@ -103,18 +94,18 @@ def test_a_float32_comparison_runs_the_c_pass_only_where_it_is_built(monkeypatch
     assert len(calls) == (1 if kernel_status().startswith("one pass in C") else 2)
 
 
-def test_without_the_vector_log_library_the_comparison_uses_numpy_and_says_why(fresh_kernel, monkeypatch):
+def test_without_the_vector_log_library_the_comparison_uses_numpy_and_says_why(fresh_kernels, monkeypatch):
     # A C library without libmvec (musl, macOS) fails to link: the comparison must still give its metrics.
     monkeypatch.setattr(compare_kernel, "LIBRARIES", ("-lno_such_vector_math",))
     assert kernel_status().startswith("numpy float64 chunks: building tensor_compare.c with ")
-    assert not list((fresh_kernel / "kernels").glob("tensor_compare*.so"))
+    assert not list((fresh_kernels / "kernels").glob("tensor_compare*.so"))
     computed = metrics.tensor_metrics(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 4.0]))
     assert computed.max_relative_error == pytest.approx(0.25) and computed.one_thousandth_error_ratio == pytest.approx(2 / 3)
 
 
-def test_without_a_compiler_the_comparison_uses_numpy_and_says_why(fresh_kernel, monkeypatch):
+def test_without_a_compiler_the_comparison_uses_numpy_and_says_why(fresh_kernels, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setenv("PATH", str(fresh_kernel))
+    monkeypatch.setenv("PATH", str(fresh_kernels))
     assert kernel_status() == "numpy float64 chunks: no C compiler (set $CC, or install cc/gcc/clang)"
     assert pair_sums(np.ones(4, np.float32), np.ones(4, np.float32), (0, 1, 0, 1, 0.001, 0.005)) is None
     assert metrics.tensor_metrics(torch.ones(4), torch.ones(4) * 2).relative_l2_error == pytest.approx(0.5)

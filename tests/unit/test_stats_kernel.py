@@ -8,21 +8,11 @@ import torch
 from torch import nn
 
 from pytest_blendmask.precision import dump as dump_module
-from pytest_blendmask.precision import c_kernels
 from pytest_blendmask.precision.c_kernels import compiler, library_path
 from pytest_blendmask.precision.dump import DumpCollector
 from pytest_blendmask.precision.stats_kernel import FLAGS, SOURCE_NAME, kernel_status, one_pass_sums
 
 needs_compiler = pytest.mark.skipif(compiler() is None, reason="no C compiler on this machine ($CC, cc, gcc, clang): stats dumps use torch's reductions")
-
-
-@pytest.fixture
-def fresh_kernel(tmp_path, monkeypatch):
-    """A kernel looked up again, built into an empty cache root; the process's own is restored after."""
-    monkeypatch.setenv("BM_CACHE_DIR", str(tmp_path))
-    c_kernels.load.cache_clear()
-    yield tmp_path
-    c_kernels.load.cache_clear()
 
 
 def exact(t: torch.Tensor) -> tuple[float, float, float, float]:
@@ -105,24 +95,24 @@ def test_a_nan_output_keeps_torchs_nan_statistics():
     assert all(math.isnan(value) for entry in stats for value in entry)
 
 
-def test_without_a_compiler_the_dump_uses_torch_and_says_why(fresh_kernel, monkeypatch):
+def test_without_a_compiler_the_dump_uses_torch_and_says_why(fresh_kernels, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setenv("PATH", str(fresh_kernel))
+    monkeypatch.setenv("PATH", str(fresh_kernels))
     assert compiler() is None
     assert kernel_status() == "torch reductions: no C compiler (set $CC, or install cc/gcc/clang)"
     assert one_pass_sums(torch.ones(4)) is None
     assert stats_of(Doubling().eval(), torch.ones(1, 3, 5, 5))  # the dump still works
 
 
-def test_a_failed_build_names_the_compiler_and_its_error(fresh_kernel, monkeypatch):
-    monkeypatch.setenv("CC", f"{fresh_kernel}/no-such-cc -O2")
-    assert kernel_status().startswith(f"torch reductions: building tensor_stats.c with {fresh_kernel}/no-such-cc failed:")
+def test_a_failed_build_names_the_compiler_and_its_error(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CC", f"{fresh_kernels}/no-such-cc -O2")
+    assert kernel_status().startswith(f"torch reductions: building tensor_stats.c with {fresh_kernels}/no-such-cc failed:")
     assert one_pass_sums(torch.ones(4)) is None
-    assert not list((fresh_kernel / "kernels").glob("*.so"))  # no half-written library is left to load
+    assert not list((fresh_kernels / "kernels").glob("*.so"))  # no half-written library is left to load
 
 
 @needs_compiler
-def test_a_damaged_library_is_reported_with_its_path(fresh_kernel):
+def test_a_damaged_library_is_reported_with_its_path(fresh_kernels):
     library = library_path(SOURCE_NAME, compiler(), FLAGS)
     library.parent.mkdir(parents=True)
     library.write_bytes(b"not a shared library")
